@@ -1,0 +1,1 @@
+"""One module per torch.optim algorithm: defaults, validation, state and step rule."""

@@ -1,0 +1,205 @@
+"""Adam and AdamW (torch.optim.Adam, torch.optim.AdamW): one rule, two defaults."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation
+from ..functional import make_transform
+from .base import Algorithm, Options, check_fused_flags, lerp, nonzero, require
+
+
+def _is_tensor_like(x) -> bool:
+    return hasattr(x, "shape") or callable(x)
+
+
+def _validate(o: Options) -> None:
+    lr_is_tensor = hasattr(o.lr, "shape") or callable(o.lr)
+    if lr_is_tensor and o.foreach and not o.capturable:
+        raise ValueError(
+            "lr as a Tensor is not supported for capturable=False and foreach=True"
+        )
+    beta1, beta2 = o.betas
+    require(lambda v: 0.0 <= v, o.lr, f"Invalid learning rate: {o.lr}")
+    require(lambda v: 0.0 <= v, o.eps, f"Invalid epsilon value: {o.eps}")
+    require(
+        lambda v: 0.0 <= v < 1.0, beta1, f"Invalid beta parameter at index 0: {beta1}"
+    )
+    require(
+        lambda v: 0.0 <= v < 1.0, beta2, f"Invalid beta parameter at index 1: {beta2}"
+    )
+    require(
+        lambda v: 0.0 <= v,
+        o.weight_decay,
+        f"Invalid weight_decay value: {o.weight_decay}",
+    )
+    both_floats = isinstance(beta1, float) and isinstance(beta2, float)
+    if not (both_floats or (_is_tensor_like(beta1) and _is_tensor_like(beta2))):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for index, beta in enumerate(o.betas):
+        if hasattr(beta, "shape"):
+            if not o.capturable and o.foreach:
+                raise ValueError(
+                    f"betas[{index}] as a Tensor is not supported for "
+                    "capturable=False and foreach=True"
+                )
+            if beta.size != 1:
+                raise ValueError(f"Tensor betas[{index}] must be 1-element")
+    check_fused_flags(o)
+
+
+def _init(param, o: Options) -> dict:
+    return {
+        "exp_avg": jnp.zeros_like(param),
+        "exp_avg_sq": jnp.zeros_like(param),
+        "max_exp_avg_sq": jnp.zeros_like(param) if o.amsgrad else None,
+    }
+
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    lr, eps, weight_decay = o.lr, o.eps, o.weight_decay
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    if nonzero(weight_decay):
+        if o.decoupled_weight_decay:
+            param = param * (1 - lr * weight_decay)
+        else:
+            grad = grad + weight_decay * param
+
+    exp_avg = lerp(state["exp_avg"], grad, 1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+
+    max_exp_avg_sq = state["max_exp_avg_sq"]
+    if o.amsgrad:
+        max_exp_avg_sq = jnp.maximum(max_exp_avg_sq, exp_avg_sq)
+        second_moment = max_exp_avg_sq
+    else:
+        second_moment = exp_avg_sq
+    denom = jnp.sqrt(second_moment) / bias_correction2_sqrt + eps
+    new_param = param + (-step_size) * exp_avg / denom
+    return new_param, {
+        "step": step,
+        "exp_avg": exp_avg,
+        "exp_avg_sq": exp_avg_sq,
+        "max_exp_avg_sq": max_exp_avg_sq,
+    }
+
+
+_MATH = r"""
+    With :math:`g_t` the gradient (negated when ``maximize``):
+
+    .. math::
+        \theta &\leftarrow \theta (1 - \gamma\lambda)
+            \text{ if decoupled, else } g_t \leftarrow g_t + \lambda\theta \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \hat v_t &\leftarrow \max(\hat v_{t-1}, v_t) \text{ if amsgrad, else } v_t \\
+        \theta_t &\leftarrow \theta - \frac{\gamma}{1 - \beta_1^t}
+            \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+"""
+
+_ARGS = """
+    Args:
+      lr: learning rate (float, JAX scalar or schedule ``count -> value``).
+      betas: coefficients of the running averages of the gradient and its square.
+      eps: term added to the denominator for numerical stability.
+      weight_decay: weight decay coefficient.
+      amsgrad: use the maximum of past second moments (AMSGrad).
+      maximize: ascend the objective instead of descending it.
+      foreach, capturable, differentiable, fused: torch's implementation flags,
+        accepted and checked as torch checks them; XLA compiles one fused step
+        either way.
+"""
+
+
+def adam(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0,
+    amsgrad=False,
+    *,
+    foreach=None,
+    maximize=False,
+    capturable=False,
+    differentiable=False,
+    fused=None,
+    decoupled_weight_decay=False,
+) -> GradientTransformation:
+    return make_transform(ADAM, locals())
+
+
+def adamw(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=1e-2,
+    amsgrad=False,
+    *,
+    maximize=False,
+    foreach=None,
+    capturable=False,
+    differentiable=False,
+    fused=None,
+) -> GradientTransformation:
+    return make_transform(ADAMW, locals())
+
+
+adam.__doc__ = (
+    "Adam (``torch.optim.Adam``).\n"
+    + _MATH
+    + _ARGS
+    + """      decoupled_weight_decay: decay the parameters directly (AdamW) instead of
+        adding the decay to the gradient.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad).
+
+    Example:
+      >>> tx = fo.adam(lr=1e-3)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+)
+
+adamw.__doc__ = (
+    "AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay.\n"
+    + _MATH
+    + _ARGS
+    + """
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with Adam's state.
+
+    Example:
+      >>> tx = fo.chain(fo.clip_grad_norm(1.0), fo.adamw(lr=3e-4, weight_decay=0.1))
+    """
+)
+
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+ADAM = Algorithm(
+    name="Adam",
+    functional=adam,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=_ADAM_STATE,
+)
+
+ADAMW = Algorithm(
+    name="AdamW",
+    functional=adamw,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=_ADAM_STATE,
+    fixed={"decoupled_weight_decay": True},
+)

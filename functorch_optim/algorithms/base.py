@@ -1,0 +1,197 @@
+"""What every algorithm module declares, and the small numerics they share.
+
+An algorithm is written once, as torch writes its single-tensor path: the math of one
+step on one parameter leaf. :class:`Algorithm` bundles that rule with torch's
+defaults, validation and state names; the functional transforms
+(:mod:`functorch_optim.functional`), the fused tree runner
+(:mod:`functorch_optim.fused`) and the facade (:mod:`functorch_optim.facade`) all run
+this one definition.
+
+Rule conventions
+----------------
+``init(param, options) -> dict``
+    The per-leaf state torch would create at its first step, under torch's names,
+    without ``step`` (the runner adds ``step``, an int32 count starting at 0). A
+    state entry torch does not create for this leaf is ``None``.
+``step(param, grad, state, options) -> (new_param, new_state)``
+    One torch ``step()`` for one leaf. ``state['step']`` is the count before this
+    step; the rule returns the incremented count. ``new_param`` is the parameter
+    torch holds afterwards, computed in torch's order of operations.
+``options``
+    An :class:`Options` of the group's hyperparameters under torch's keyword names.
+    Numeric values are Python numbers (constants), JAX scalars (traced, so changing
+    them never recompiles) or, already evaluated by the runner, schedules. Flags
+    (``amsgrad``, ``maximize``, ...) are Python values. Use :func:`nonzero` where
+    torch branches on ``x != 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..core import is_concrete
+
+Array = jax.Array
+
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+class Options(dict):
+    """A group's hyperparameters, readable as attributes (``options.lr``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Algorithm:
+    """One torch.optim algorithm: its signature, validation, state and step rule.
+
+    Attributes:
+      name: torch's class name (``"Adam"``).
+      functional: the public functional constructor (``adam``); its signature is the
+        single source of the keyword names and defaults of both APIs.
+      init: per-leaf state constructor, see the module docstring.
+      step: per-leaf step rule, see the module docstring.
+      validate: raises torch's exception for invalid options (it sees the options as
+        given; schedules and traced values are skipped by :func:`require`).
+      state_names: torch's per-parameter state keys, in torch's order. ``step`` is
+        listed only where torch keeps it.
+      complex_as_real: run the rule on ``view_as_real`` views of complex leaves, as
+        torch does for this algorithm.
+      reads_params: ``reads_params(options)`` is False when the update does not
+        depend on the parameter values, so ``update`` may be called without params.
+      fixed: options torch sets itself and keeps in ``param_groups`` without a
+        constructor keyword (AdamW's ``decoupled_weight_decay=True``).
+    """
+
+    name: str
+    functional: Callable[..., Any]
+    init: Callable[[Array, Options], dict]
+    step: Callable[[Array, Array, dict, Options], tuple[Array, dict]]
+    validate: Callable[[Options], None]
+    state_names: tuple[str, ...]
+    complex_as_real: bool = True
+    reads_params: Callable[[Options], bool] = lambda options: nonzero(
+        options.get("weight_decay", 0.0)
+    )
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """torch's constructor keywords and defaults, in torch's order."""
+        signature = inspect.signature(self.functional).parameters
+        return {name: p.default for name, p in signature.items()} | dict(self.fixed)
+
+    def options(self, given: Mapping[str, Any]) -> Options:
+        """Fill defaults, check unknown names, and validate as torch's constructor."""
+        defaults = self.defaults
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise TypeError(
+                f"{self.name} got unexpected keyword argument(s) {sorted(unknown)}"
+            )
+        options = Options({**defaults, **given, **self.fixed})
+        check_scalar_lr(options.get("lr"))
+        self.validate(options)
+        return options
+
+
+# --- validation helpers --------------------------------------------------------
+
+
+def known_value(x: Any) -> Any:
+    """The value of ``x`` when it is knowable now, else None.
+
+    Python numbers are returned as they are; concrete JAX/NumPy scalars as Python
+    numbers; schedules (callables) and traced values give None, so validation skips
+    what it cannot see, as torch skips nothing it can.
+    """
+    if callable(x) or x is None:
+        return None
+    if isinstance(x, (bool, int, float)):
+        return x
+    if hasattr(x, "shape") and getattr(x, "size", 1) == 1 and is_concrete(x):
+        return float(jnp.asarray(x).reshape(()))
+    return None
+
+
+def require(ok: Callable[[Any], bool], value: Any, message: str) -> None:
+    """Raise ``ValueError(message)`` when ``value`` is known and ``ok(value)`` fails."""
+    v = known_value(value)
+    if v is not None and not ok(v):
+        raise ValueError(message)
+
+
+def check_scalar_lr(lr: Any) -> None:
+    """torch accepts a tensor lr only when it has exactly one element."""
+    if hasattr(lr, "shape") and not callable(lr) and getattr(lr, "size", 1) != 1:
+        raise ValueError("Tensor lr must be 1-element")
+
+
+def check_fused_flags(options: Options) -> None:
+    """torch's checks on ``fused`` for the algorithms that have a fused kernel."""
+    if options.get("fused"):
+        if options.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if options.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+# --- numerics shared by the rules ----------------------------------------------
+
+
+def nonzero(x: Any) -> bool:
+    """torch's ``x != 0`` branch, decided at trace time.
+
+    Only a Python number equal to zero counts as zero: a traced or array value may
+    be nonzero at run time, and applying the term with a zero value gives the same
+    result for finite inputs.
+    """
+    return not (isinstance(x, (int, float)) and x == 0)
+
+
+def lerp(start: Array, end: Array, weight: Any) -> Array:
+    """``torch.lerp`` with a scalar weight, with torch's two-sided formula.
+
+    torch computes ``start + w * (end - start)`` for ``|w| < 0.5`` and
+    ``end - (end - start) * (1 - w)`` otherwise, which keeps ``w = 1`` exact.
+    """
+    diff = end - start
+    if isinstance(weight, (int, float)):
+        if abs(weight) < 0.5:
+            return start + weight * diff
+        return end - diff * (1 - weight)
+    return jnp.where(
+        jnp.abs(weight) < 0.5, start + weight * diff, end - diff * (1 - weight)
+    )
+
+
+def to_real(x: Array | None) -> Array | None:
+    """``torch.view_as_real``: a complex array as a real one with a trailing axis 2."""
+    if x is None or not jnp.iscomplexobj(x):
+        return x
+    return jnp.stack([x.real, x.imag], axis=-1)
+
+
+def to_complex(x: Array | None, like: Array | None) -> Array | None:
+    """Inverse of :func:`to_real` for an array that was complex like ``like``."""
+    if x is None or like is None or not jnp.iscomplexobj(like):
+        return x
+    return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+
+
+def scalar(x: Any, dtype) -> Any:
+    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
+    if isinstance(x, (int, float)):
+        return x
+    return jnp.asarray(x, dtype)

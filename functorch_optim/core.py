@@ -1,0 +1,117 @@
+"""The functional core: gradient transformations, chaining, applying updates.
+
+A :class:`GradientTransformation` is a pair of pure functions,
+
+    state = init(params)
+    updates, state = update(grads, state, params=None, **extra_args)
+
+with the same fields, order and calling convention as optax's, so a transformation
+of this library is accepted unchanged by ``optax.chain``, ``flax.nnx.Optimizer`` and
+``flax.training.train_state.TrainState``, and optax's transformations are accepted by
+:func:`chain`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+InitFn = Callable[[PyTree], PyTree]
+UpdateFn = Callable[..., tuple[PyTree, PyTree]]
+
+
+class GradientTransformation(NamedTuple):
+    """An ``(init, update)`` pair of pure functions over pytrees.
+
+    ``update(grads, state, params=None, **extra_args)`` returns ``(updates, state)``;
+    ``apply_updates(params, updates)`` then gives the new parameters. Extra keyword
+    arguments (``value``, ``value_fn``, ...) are accepted and ignored by
+    transformations that do not use them, as optax's ``GradientTransformationExtraArgs``.
+    """
+
+    init: InitFn
+    update: UpdateFn
+
+
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
+    """Return ``params + updates`` leaf by leaf, keeping each parameter's dtype.
+
+    Args:
+      params: a pytree of arrays.
+      updates: a pytree of the same structure (``None`` leaves are left alone).
+
+    Returns:
+      The updated parameters. For this library's optimizers this equals the
+      parameters torch holds after one ``step()``.
+
+    Example:
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+
+    def add(p, u):
+        if p is None:
+            return None
+        return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+def _accepts_extra_args(update: UpdateFn) -> bool:
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply transformations one after the other, as ``optax.chain``.
+
+    The state is the tuple of the transformations' states. Extra keyword arguments of
+    ``update`` reach every transformation whose ``update`` takes ``**kwargs``.
+
+    Example:
+      >>> tx = fo.chain(fo.clip_grad_norm(1.0), fo.adamw(lr=3e-4))
+    """
+    takes_extra = tuple(_accepts_extra_args(t.update) for t in transforms)
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **extra_args):
+        if len(state) != len(transforms):
+            raise ValueError(
+                f"chain of {len(transforms)} transformations got a state of "
+                f"{len(state)} entries"
+            )
+        new_state = []
+        for t, s, extra in zip(transforms, state, takes_extra):
+            updates, s = t.update(updates, s, params, **(extra_args if extra else {}))
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` has a value now (not a tracer inside jit, vmap or grad)."""
+    try:
+        jax.core.concrete_or_error(None, x)
+    except jax.errors.ConcretizationTypeError:
+        return False
+    return True
+
+
+def scalar_dtype():
+    """Dtype for scalar hyperparameter arithmetic: float64 when x64 is on.
+
+    torch does its scalar arithmetic (bias corrections, step sizes) in Python double;
+    this is the closest JAX has.
+    """
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32

@@ -1,0 +1,133 @@
+"""Run an algorithm's per-leaf rule over a whole pytree.
+
+State layout: a dict from torch's state name to a pytree shaped like the parameters
+(``state['exp_avg']`` mirrors ``params``), plus ``state['step']``, a tree of int32
+counts, one per leaf. Entries torch does not create for a leaf are ``None``.
+
+Every path that steps parameters (the functional transforms and the facade) goes
+through :func:`step_leaves`, so the numerics are defined in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .algorithms.base import Algorithm, Options, to_complex, to_real
+
+STEP = "step"
+
+
+def evaluate_schedules(options: Options, count: Any) -> Options:
+    """Replace every schedule (a callable option) by its value at ``count``."""
+    return Options({k: v(count) if callable(v) else v for k, v in options.items()})
+
+
+def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
+    """The state of one leaf before its first step: torch's entries and ``step = 0``."""
+    zero = jnp.zeros((), jnp.int32)
+    state = algorithm.init(param, evaluate_schedules(options, zero))
+    return {STEP: zero, **state}
+
+
+def step_leaf(
+    algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
+) -> tuple[Any, dict]:
+    """One step of one leaf, with torch's complex handling and dtype preservation."""
+    options = evaluate_schedules(options, state[STEP])
+    as_real = algorithm.complex_as_real and jnp.iscomplexobj(param)
+    if as_real:
+        run_param, run_grad = to_real(param), to_real(grad)
+        run_state = {k: to_real(v) for k, v in state.items()}
+    else:
+        run_param, run_grad, run_state = param, grad, state
+    new_param, new_state = algorithm.step(run_param, run_grad, run_state, options)
+    if as_real:
+        new_param = to_complex(new_param, param)
+        new_state = {k: to_complex(v, state.get(k)) for k, v in new_state.items()}
+    new_state = {
+        k: _cast_like(v, state[k]) if state.get(k) is not None else v
+        for k, v in new_state.items()
+    }
+    return _cast_like(new_param, param), new_state
+
+
+def _cast_like(x: Any, like: Any) -> Any:
+    if x is None:
+        return None
+    return jnp.asarray(x).astype(jnp.asarray(like).dtype)
+
+
+def init_leaves(
+    algorithm: Algorithm, params: Sequence[Any], options: Options
+) -> list[dict]:
+    return [init_leaf(algorithm, p, options) for p in params]
+
+
+def step_leaves(
+    algorithm: Algorithm,
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[dict],
+    options: Options,
+) -> tuple[list[Any], list[dict]]:
+    """Step a list of leaves sharing one set of options (one param group)."""
+    results = [
+        step_leaf(algorithm, p, g, s, options)
+        for p, g, s in zip(params, grads, states, strict=True)
+    ]
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+# --- between a dict of trees and a list of per-leaf dicts ------------------------
+
+
+def state_to_leaves(state: dict, treedef) -> list[dict]:
+    """``{'exp_avg': tree, ...}`` -> ``[{'exp_avg': leaf0, ...}, ...]``."""
+    columns = {k: treedef.flatten_up_to(v) for k, v in state.items()}
+    return [
+        {k: column[i] for k, column in columns.items()}
+        for i in range(treedef.num_leaves)
+    ]
+
+
+def leaves_to_state(leaf_states: Sequence[dict], treedef) -> dict:
+    """Inverse of :func:`state_to_leaves` (every leaf has the same keys)."""
+    if not leaf_states:
+        return {STEP: jax.tree.unflatten(treedef, [])}
+    keys = leaf_states[0].keys()
+    return {
+        k: jax.tree.unflatten(treedef, [s[k] for s in leaf_states]) for k in keys
+    }
+
+
+def init_tree(algorithm: Algorithm, params: Any, options: Options) -> dict:
+    leaves, treedef = jax.tree.flatten(params)
+    return leaves_to_state(init_leaves(algorithm, leaves, options), treedef)
+
+
+def step_tree(
+    algorithm: Algorithm, params: Any, grads: Any, state: dict, options: Options
+) -> tuple[Any, dict]:
+    """Step every leaf of ``params``; returns the new params and the new state."""
+    leaves, treedef = jax.tree.flatten(params)
+    grad_leaves = _flatten_like(grads, treedef, "grads")
+    new_leaves, new_states = step_leaves(
+        algorithm, leaves, grad_leaves, state_to_leaves(state, treedef), options
+    )
+    return jax.tree.unflatten(treedef, new_leaves), leaves_to_state(
+        new_states, treedef
+    )
+
+
+def _flatten_like(tree: Any, treedef, what: str) -> list[Any]:
+    try:
+        return treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{what} must have the structure of params {treedef}, got "
+            f"{jax.tree.structure(tree)}"
+        ) from e

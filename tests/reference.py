@@ -1,0 +1,139 @@
+"""Run torch.optim and this library side by side on the same parameters and grads.
+
+Every parity test goes through these helpers so that the comparison (dtype
+conversion, tolerances, step loop) is defined once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import functorch_optim as fo
+
+# Shapes every parity test covers: scalar, vector, matrix, 3-D and size 0.
+SHAPES = ((), (3,), (2, 3), (2, 3, 2), (0,))
+
+DTYPES = ("float32", "float64", "complex64", "bfloat16")
+
+# (rtol, atol) against torch after a few steps.
+TOLERANCE = {
+    "float64": (1e-10, 1e-12),
+    "float32": (1e-5, 1e-6),
+    "complex64": (1e-5, 1e-6),
+    "complex128": (1e-10, 1e-12),
+    "bfloat16": (2e-2, 2e-2),
+    "float16": (5e-3, 5e-3),
+}
+
+TORCH_DTYPE = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def random_arrays(
+    seed: int, shapes: Sequence[tuple], dtype: str, scale: float = 1.0
+) -> list[np.ndarray]:
+    """Deterministic test values as NumPy (bf16 travels as float32)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape in shapes:
+        x = rng.standard_normal(shape) * scale
+        if dtype.startswith("complex"):
+            x = x + 1j * rng.standard_normal(shape) * scale
+        out.append(x)
+    return out
+
+
+def to_torch(x: np.ndarray, dtype: str) -> torch.Tensor:
+    return torch.tensor(np.asarray(x)).to(TORCH_DTYPE[dtype]).clone()
+
+
+def to_jax(x: np.ndarray, dtype: str) -> jax.Array:
+    # Round to the target dtype in torch, so both sides start from the same bits.
+    t = to_torch(x, dtype)
+    if dtype in ("bfloat16", "float16"):
+        return jnp.asarray(t.float().numpy()).astype(dtype)
+    return jnp.asarray(t.numpy())
+
+
+def to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.numpy()
+    x = np.asarray(x)
+    if x.dtype.name in ("bfloat16", "float16"):
+        x = x.astype(np.float32)
+    return x
+
+
+def grad_sequence(steps: int, shapes, dtype: str, seed: int = 1) -> list[list]:
+    return [random_arrays(seed + 100 * k, shapes, dtype) for k in range(steps)]
+
+
+def torch_trajectory(
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    params: Sequence[np.ndarray],
+    grads: Sequence[Sequence[np.ndarray]],
+    dtype: str,
+) -> list[list[np.ndarray]]:
+    """Parameters after each torch ``step()`` fed ``grads``."""
+    tensors = [to_torch(p, dtype).requires_grad_() for p in params]
+    optimizer = make_optimizer(tensors)
+    out = []
+    for step_grads in grads:
+        for t, g in zip(tensors, step_grads):
+            t.grad = to_torch(g, dtype)
+        optimizer.step()
+        out.append([to_numpy(t) for t in tensors])
+    return out
+
+
+def functional_trajectory(
+    tx: fo.GradientTransformation,
+    params: Sequence[np.ndarray],
+    grads: Sequence[Sequence[np.ndarray]],
+    dtype: str,
+    jit: bool = True,
+) -> list[list[np.ndarray]]:
+    """Parameters after each ``update`` + ``apply_updates`` fed ``grads``."""
+    leaves = [to_jax(p, dtype) for p in params]
+    state = tx.init(leaves)
+
+    def step(leaves, state, step_grads):
+        updates, state = tx.update(step_grads, state, leaves)
+        return fo.apply_updates(leaves, updates), state
+
+    step = jax.jit(step) if jit else step
+    out = []
+    for step_grads in grads:
+        leaves, state = step(leaves, state, [to_jax(g, dtype) for g in step_grads])
+        out.append([to_numpy(p) for p in leaves])
+    return out
+
+
+def assert_trajectories_close(actual, expected, dtype: str, scale=1.0) -> float:
+    """Assert step by step closeness; returns the largest absolute difference."""
+    rtol, atol = TOLERANCE[dtype]
+    worst = 0.0
+    for k, (a_step, e_step) in enumerate(zip(actual, expected, strict=True)):
+        for i, (a, e) in enumerate(zip(a_step, e_step, strict=True)):
+            assert a.shape == e.shape, (k, i, a.shape, e.shape)
+            np.testing.assert_allclose(
+                a, e, rtol=rtol * scale, atol=atol * scale,
+                err_msg=f"step {k + 1}, leaf {i} (shape {e.shape}), {dtype}",
+            )
+            if a.size:
+                worst = max(worst, float(np.max(np.abs(a - e))))
+    return worst
