@@ -21,10 +21,13 @@ def _nonfinite_message(norm_type: float) -> str:
 def _vector_norm(x: jax.Array, norm_type: float) -> jax.Array:
     """``torch.linalg.vector_norm`` of a flattened array."""
     x = jnp.abs(jnp.ravel(x))
-    if norm_type == math.inf:
-        return jnp.max(x, initial=0.0)
-    if norm_type == -math.inf:
-        return jnp.min(x, initial=jnp.inf)
+    if math.isinf(norm_type):
+        if x.size == 0:
+            raise RuntimeError(
+                "_foreach_norm cannot compute the infinity norm on an empty tensor "
+                "because the operation does not have an identity"
+            )
+        return jnp.max(x) if norm_type > 0 else jnp.min(x)
     if norm_type == 0:
         return jnp.sum(x != 0).astype(x.dtype)
     if norm_type == 1:

@@ -101,11 +101,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` has a value now (not a tracer inside jit, vmap or grad)."""
-    try:
-        jax.core.concrete_or_error(None, x)
-    except jax.errors.ConcretizationTypeError:
-        return False
-    return True
+    return not isinstance(x, jax.core.Tracer)
 
 
 def scalar_dtype():

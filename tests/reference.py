@@ -71,7 +71,7 @@ def to_numpy(x) -> np.ndarray:
         x = x.detach()
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
-        return x.numpy()
+        return x.numpy().copy()  # torch steps in place: never alias its storage
     x = np.asarray(x)
     if x.dtype.name in ("bfloat16", "float16"):
         x = x.astype(np.float32)

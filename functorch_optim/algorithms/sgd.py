@@ -17,10 +17,10 @@ from .base import (
 
 
 def _validate(o: Options) -> None:
-    require(lambda v: v >= 0.0, o.lr, f"Invalid learning rate: {o.lr}")
-    require(lambda v: v >= 0.0, o.momentum, f"Invalid momentum value: {o.momentum}")
+    require(lambda v: not v < 0.0, o.lr, f"Invalid learning rate: {o.lr}")
+    require(lambda v: not v < 0.0, o.momentum, f"Invalid momentum value: {o.momentum}")
     require(
-        lambda v: v >= 0.0,
+        lambda v: not v < 0.0,  # torch tests `x < 0`: nan passes
         o.weight_decay,
         f"Invalid weight_decay value: {o.weight_decay}",
     )
