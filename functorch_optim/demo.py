@@ -78,7 +78,7 @@ def loss_fn(model, x, y):
 def train_jax(name, train, test, order, hidden, seed, progress: Callable):
     options, _ = OPTIMIZERS[name]
     model = MLP(hidden, nnx.Rngs(seed))
-    initial = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    initial = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     optimizer = nnx.Optimizer(model, getattr(fo, name)(**options), wrt=nnx.Param)
 
     @nnx.jit
@@ -103,8 +103,8 @@ def train_torch(name, train, order, hidden, initial):
     layers = [torch.nn.Linear(64, hidden), torch.nn.Linear(hidden, 10)]
     with torch.no_grad():
         for layer, key in zip(layers, ["hidden", "out"]):
-            layer.weight.copy_(torch.tensor(np.asarray(initial[key]["kernel"].value).T))
-            layer.bias.copy_(torch.tensor(np.asarray(initial[key]["bias"].value)))
+            layer.weight.copy_(torch.tensor(initial[key]["kernel"].T))
+            layer.bias.copy_(torch.tensor(initial[key]["bias"]))
     model = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1])
     optimizer = getattr(torch.optim, torch_name)(model.parameters(), **options)
     x, y = torch.tensor(train[0]), torch.tensor(train[1]).long()
