@@ -116,6 +116,8 @@ def clip_grad_value(clip_value: float) -> GradientTransformation:
 
     def update(grads, state, params=None, **extra_args):
         del params, extra_args
-        return jax.tree.map(lambda g: jnp.clip(g, -clip_value, clip_value), grads), state
+        return jax.tree.map(
+            lambda g: jnp.clip(g, -clip_value, clip_value), grads
+        ), state
 
     return GradientTransformation(init, update)

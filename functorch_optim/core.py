@@ -31,7 +31,8 @@ class GradientTransformation(NamedTuple):
     ``update(grads, state, params=None, **extra_args)`` returns ``(updates, state)``;
     ``apply_updates(params, updates)`` then gives the new parameters. Extra keyword
     arguments (``value``, ``value_fn``, ...) are accepted and ignored by
-    transformations that do not use them, as optax's ``GradientTransformationExtraArgs``.
+    transformations that do not use them, as in optax's
+    ``GradientTransformationExtraArgs``.
     """
 
     init: InitFn

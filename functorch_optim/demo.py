@@ -66,7 +66,9 @@ def batches(n: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     while len(out) < steps:
         perm = rng.permutation(n)
-        out += [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+        out += [
+            perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)
+        ]
     return out[:steps]
 
 
@@ -128,10 +130,15 @@ def progress_bar(label: str, total: int) -> Callable[[int, float], None]:
         if interactive or done == total or done % max(1, total // 4) == 0:
             filled = width * done // total
             bar = "#" * filled + "-" * (width - filled)
-            line = (f"{label:>10} [{bar}] {done:4d}/{total} loss {loss:.4f} "
-                    f"{time.perf_counter() - start:5.1f}s")
-            print("\r" + line if interactive else line, end="" if interactive
-                  and done < total else "\n", flush=True)
+            line = (
+                f"{label:>10} [{bar}] {done:4d}/{total} loss {loss:.4f} "
+                f"{time.perf_counter() - start:5.1f}s"
+            )
+            print(
+                "\r" + line if interactive else line,
+                end="" if interactive and done < total else "\n",
+                flush=True,
+            )
 
     return show
 
@@ -147,8 +154,12 @@ def plot(curves: dict[str, np.ndarray], path: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, losses in curves.items():
         ax.plot(losses, label=name)
-    ax.set(xlabel="step", ylabel="training loss", yscale="log",
-           title="functorch_optim on scikit-learn digits")
+    ax.set(
+        xlabel="step",
+        ylabel="training loss",
+        yscale="log",
+        title="functorch_optim on scikit-learn digits",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -162,18 +173,25 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a flax MLP on scikit-learn's digits with functorch_optim "
         "optimizers and compare them (and torch's, when installed).",
     )
-    parser.add_argument("--optimizer", nargs="+", choices=AVAILABLE,
-                        default=[n for n in ("sgd", "adam", "adamw", "rmsprop", "nadam")
-                                 if n in AVAILABLE],
-                        help="optimizers to train with (default: %(default)s)")
+    parser.add_argument(
+        "--optimizer",
+        nargs="+",
+        choices=AVAILABLE,
+        default=[
+            n for n in ("sgd", "adam", "adamw", "rmsprop", "nadam") if n in AVAILABLE
+        ],
+        help="optimizers to train with (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64, help="hidden units")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="demo_loss.png",
-                        help="where to save the loss curves (PNG)")
-    parser.add_argument("--no-torch", action="store_true",
-                        help="skip the comparison with torch.optim")
+    parser.add_argument(
+        "--plot", default="demo_loss.png", help="where to save the loss curves (PNG)"
+    )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip the comparison with torch.optim"
+    )
     args = parser.parse_args(argv)
 
     train, test = load_digits(args.seed)
@@ -186,14 +204,22 @@ def main(argv: list[str] | None = None) -> int:
         with_torch = True
     except ImportError:
         with_torch = False
-    print(f"digits: {len(train[0])} train / {len(test[0])} test images, "
-          f"MLP 64-{args.hidden}-10, {args.steps} steps of {args.batch_size}\n")
+    print(
+        f"digits: {len(train[0])} train / {len(test[0])} test images, "
+        f"MLP 64-{args.hidden}-10, {args.steps} steps of {args.batch_size}\n"
+    )
 
     curves, rows = {}, []
     for name in args.optimizer:
         losses, accuracy, initial = train_jax(
-            name, train, test, order, args.hidden, args.seed,
-            progress_bar(name, args.steps))
+            name,
+            train,
+            test,
+            order,
+            args.hidden,
+            args.seed,
+            progress_bar(name, args.steps),
+        )
         curves[name] = losses
         torch_gap = "-"
         if with_torch:
@@ -201,11 +227,15 @@ def main(argv: list[str] | None = None) -> int:
             torch_gap = f"{np.max(np.abs(torch_losses - losses)):.1e}"
         rows.append((name, losses[0], losses[-1], accuracy, torch_gap))
 
-    print(f"\n{'optimizer':>10} | {'first loss':>10} | {'final loss':>10} | "
-          f"{'test acc':>8} | {'max |loss - torch loss|':>23}")
+    print(
+        f"\n{'optimizer':>10} | {'first loss':>10} | {'final loss':>10} | "
+        f"{'test acc':>8} | {'max |loss - torch loss|':>23}"
+    )
     print("-" * 76)
     for name, first, last, accuracy, gap in rows:
-        print(f"{name:>10} | {first:10.4f} | {last:10.4f} | {accuracy:8.2%} | {gap:>23}")
+        print(
+            f"{name:>10} | {first:10.4f} | {last:10.4f} | {accuracy:8.2%} | {gap:>23}"
+        )
     if plot(curves, args.plot):
         print(f"\nloss curves saved to {args.plot}")
     return 0

@@ -99,9 +99,7 @@ def leaves_to_state(leaf_states: Sequence[dict], treedef) -> dict:
     if not leaf_states:
         return {STEP: jax.tree.unflatten(treedef, [])}
     keys = leaf_states[0].keys()
-    return {
-        k: jax.tree.unflatten(treedef, [s[k] for s in leaf_states]) for k in keys
-    }
+    return {k: jax.tree.unflatten(treedef, [s[k] for s in leaf_states]) for k in keys}
 
 
 def init_tree(algorithm: Algorithm, params: Any, options: Options) -> dict:
@@ -118,9 +116,7 @@ def step_tree(
     new_leaves, new_states = step_leaves(
         algorithm, leaves, grad_leaves, state_to_leaves(state, treedef), options
     )
-    return jax.tree.unflatten(treedef, new_leaves), leaves_to_state(
-        new_states, treedef
-    )
+    return jax.tree.unflatten(treedef, new_leaves), leaves_to_state(new_states, treedef)
 
 
 def _flatten_like(tree: Any, treedef, what: str) -> list[Any]:

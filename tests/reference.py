@@ -106,8 +106,13 @@ def functional_trajectory(
     grads: Sequence[Sequence[np.ndarray]],
     dtype: str,
     jit: bool = True,
+    final_state: list | None = None,
 ) -> list[list[np.ndarray]]:
-    """Parameters after each ``update`` + ``apply_updates`` fed ``grads``."""
+    """Parameters after each ``update`` + ``apply_updates`` fed ``grads``.
+
+    When ``final_state`` is a list, the transform's state after the last step is
+    appended to it (to compare with torch's ``optimizer.state``).
+    """
     leaves = [to_jax(p, dtype) for p in params]
     state = tx.init(leaves)
 
@@ -120,6 +125,8 @@ def functional_trajectory(
     for step_grads in grads:
         leaves, state = step(leaves, state, [to_jax(g, dtype) for g in step_grads])
         out.append([to_numpy(p) for p in leaves])
+    if final_state is not None:
+        final_state.append(state)
     return out
 
 
@@ -131,7 +138,10 @@ def assert_trajectories_close(actual, expected, dtype: str, scale=1.0) -> float:
         for i, (a, e) in enumerate(zip(a_step, e_step, strict=True)):
             assert a.shape == e.shape, (k, i, a.shape, e.shape)
             np.testing.assert_allclose(
-                a, e, rtol=rtol * scale, atol=atol * scale,
+                a,
+                e,
+                rtol=rtol * scale,
+                atol=atol * scale,
                 err_msg=f"step {k + 1}, leaf {i} (shape {e.shape}), {dtype}",
             )
             if a.size:

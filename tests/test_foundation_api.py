@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 import torch
+from reference import to_numpy
 
 import functorch_optim as fo
-from reference import to_numpy
 
 # --- torch's errors ------------------------------------------------------------------
 
@@ -71,8 +71,9 @@ def test_tensor_lr_errors(name, torch_cls, options):
     torch_kw = dict(lr=torch.ones(2))
     fo_kw = dict(lr=jnp.ones(2))
     if options == "foreach-lr":
-        torch_kw, fo_kw = dict(lr=torch.tensor(0.1), foreach=True), dict(
-            lr=jnp.asarray(0.1), foreach=True
+        torch_kw, fo_kw = (
+            dict(lr=torch.tensor(0.1), foreach=True),
+            dict(lr=jnp.asarray(0.1), foreach=True),
         )
     expected = _torch_error(torch_cls, torch_kw)
     with pytest.raises(type(expected), match=str(expected)):
@@ -87,8 +88,11 @@ def test_unknown_keyword_is_a_type_error():
 def test_signatures_match_torch():
     import inspect
 
-    for name, torch_cls in [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                            ("adamw", torch.optim.AdamW)]:
+    for name, torch_cls in [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ]:
         ours = inspect.signature(getattr(fo, name)).parameters
         theirs = dict(inspect.signature(torch_cls).parameters)
         theirs.pop("params")
@@ -123,7 +127,7 @@ def test_vmap_over_learning_rates_equals_separate_runs():
         loss, params = _quadratic_run(lr)
         np.testing.assert_allclose(batched_loss[i], loss, rtol=1e-12)
         chex.assert_trees_all_close(
-            jax.tree.map(lambda x: x[i], batched), params, rtol=1e-12
+            jax.tree.map(lambda x, i=i: x[i], batched), params, rtol=1e-12
         )
 
 
@@ -178,19 +182,23 @@ def test_clip_grad_norm_matches_torch(norm_type, with_empty):
         with pytest.raises(RuntimeError) as expected:
             torch.nn.utils.clip_grad_norm_(tensors, 0.7, norm_type=norm_type)
         with pytest.raises(RuntimeError) as ours:
-            fo.clip_grad_norm(0.7, norm_type).update([jnp.asarray(g) for g in grads], ())
+            fo.clip_grad_norm(0.7, norm_type).update(
+                [jnp.asarray(g) for g in grads], ()
+            )
         assert str(ours.value) == str(expected.value)
         return
-    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
-               for g in grads]
+    tensors = [
+        torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads
+    ]
     for t, g in zip(tensors, grads):
         t.grad = torch.tensor(g)
     torch_norm = torch.nn.utils.clip_grad_norm_(tensors, 0.7, norm_type=norm_type)
     clipped, _ = fo.clip_grad_norm(0.7, norm_type=norm_type).update(
         [jnp.asarray(g) for g in grads], ()
     )
-    np.testing.assert_allclose(fo.global_norm([jnp.asarray(g) for g in grads],
-                                              norm_type), torch_norm.item())
+    np.testing.assert_allclose(
+        fo.global_norm([jnp.asarray(g) for g in grads], norm_type), torch_norm.item()
+    )
     for c, t in zip(clipped, tensors):
         np.testing.assert_allclose(c, to_numpy(t.grad), rtol=1e-12)
 

@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import pytest
 import torch
-
-import functorch_optim as fo
 from reference import (
     DTYPES,
     SHAPES,
@@ -19,6 +17,8 @@ from reference import (
     random_arrays,
     torch_trajectory,
 )
+
+import functorch_optim as fo
 
 STEPS = 4
 
@@ -46,7 +46,10 @@ def _adam_grid(decoupled_options=(False, True)):
         [False, True], [False, True], [0.0, 0.1], decoupled_options
     ):
         options = dict(
-            lr=0.05, betas=(0.8, 0.95), amsgrad=amsgrad, maximize=maximize,
+            lr=0.05,
+            betas=(0.8, 0.95),
+            amsgrad=amsgrad,
+            maximize=maximize,
             weight_decay=weight_decay,
         )
         if decoupled is not None:
@@ -70,7 +73,9 @@ def _case_id(case):
 def _run_both(name, torch_cls, options, dtype, jit=True):
     params = random_arrays(0, SHAPES, dtype)
     grads = grad_sequence(STEPS, SHAPES, dtype)
-    expected = torch_trajectory(lambda ps: torch_cls(ps, **options), params, grads, dtype)
+    expected = torch_trajectory(
+        lambda ps: torch_cls(ps, **options), params, grads, dtype
+    )
     tx = getattr(fo, name)(**options)
     actual = functional_trajectory(tx, params, grads, dtype, jit=jit)
     return assert_trajectories_close(actual, expected, dtype)
@@ -86,22 +91,35 @@ def test_parity_jit(case, dtype):
 @pytest.mark.parametrize(
     "case",
     # the richest case of each algorithm: momentum+decay, amsgrad+coupled decay
-    [c for c in CASES if c[2].get("weight_decay") and c[2].get("maximize")
-     and (c[2].get("momentum") or c[2].get("amsgrad"))][::3],
+    [
+        c
+        for c in CASES
+        if c[2].get("weight_decay")
+        and c[2].get("maximize")
+        and (c[2].get("momentum") or c[2].get("amsgrad"))
+    ][::3],
     ids=_case_id,
 )
 def test_parity_without_jit(case, dtype):
     _run_both(*case, dtype, jit=False)
 
 
-@pytest.mark.parametrize("name,torch_cls", [("sgd", torch.optim.SGD),
-                                            ("adam", torch.optim.Adam),
-                                            ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name,torch_cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ],
+)
 def test_lr_as_array(name, torch_cls):
     params = random_arrays(0, SHAPES, "float64")
     grads = grad_sequence(STEPS, SHAPES, "float64")
     expected = torch_trajectory(
-        lambda ps: torch_cls(ps, lr=torch.tensor(0.03, dtype=torch.float64)), params, grads, "float64"
+        lambda ps: torch_cls(ps, lr=torch.tensor(0.03, dtype=torch.float64)),
+        params,
+        grads,
+        "float64",
     )
     tx = getattr(fo, name)(lr=jnp.asarray(0.03))
     actual = functional_trajectory(tx, params, grads, "float64")

@@ -1,4 +1,4 @@
-"""SGD with optional momentum, dampening, Nesterov and weight decay (torch.optim.SGD)."""
+"""SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD)."""
 
 from __future__ import annotations
 
