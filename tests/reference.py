@@ -147,3 +147,113 @@ def assert_trajectories_close(actual, expected, dtype: str, scale=1.0) -> float:
             if a.size:
                 worst = max(worst, float(np.max(np.abs(a - e))))
     return worst
+
+
+# --- whole parity runs and error comparisons, shared by the algorithm tests -------
+
+
+def as_torch_options(options: dict, reset: dict | None = None) -> dict:
+    """``options`` for torch's constructor: JAX arrays become tensors, and each flag
+    of ``reset`` that ``options`` sets is put back to ``reset``'s value (flags that
+    only pick an implementation torch cannot run, or runs differently, on CPU)."""
+    converted = {
+        k: torch.tensor(np.asarray(v)) if isinstance(v, jax.Array) else v
+        for k, v in options.items()
+    }
+    return converted | {k: v for k, v in (reset or {}).items() if options.get(k)}
+
+
+def assert_state_matches_torch(
+    state_names, ours: dict, torch_optimizer, tensors, dtype: str, skip=()
+) -> None:
+    """Our state equals torch's ``optimizer.state``, entry by entry, in its order.
+
+    ``ours`` is a transform's state for params given as a list (``ours[name][i]``
+    is leaf ``i``'s entry, None where torch creates no such entry).
+    """
+    rtol, atol = TOLERANCE[dtype]
+    # This library counts steps for every algorithm; torch keeps ``step`` only
+    # where ``state_names`` lists it (not for SGD or Muon).
+    assert set(ours) - {"step"} == set(state_names) - {"step"}, (
+        sorted(ours),
+        state_names,
+    )
+    for i, tensor in enumerate(tensors):
+        theirs = torch_optimizer.state[tensor]
+        created = [n for n in state_names if ours[n][i] is not None]
+        assert list(theirs) == created, i
+        for name in created:
+            if name in skip:
+                continue
+            actual, expected = to_numpy(ours[name][i]), to_numpy(theirs[name])
+            assert actual.shape == expected.shape, (name, i)
+            # One rounding difference in a bfloat16 state entry is an ulp of its
+            # largest element, which may be well above 1.
+            magnitude = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+            np.testing.assert_allclose(
+                actual,
+                expected,
+                rtol=rtol,
+                atol=atol * magnitude,
+                err_msg=f"{name}, leaf {i}",
+            )
+
+
+def parity_run(
+    tx: fo.GradientTransformation,
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    state_names,
+    params: Sequence[np.ndarray],
+    grads: Sequence[Sequence[np.ndarray]],
+    dtype: str,
+    jit: bool = True,
+    skip_state=(),
+) -> float:
+    """torch and ``tx`` side by side from ``params`` fed ``grads``: the parameters
+    after every step and the final state agree. Returns the largest parameter
+    difference."""
+    created = []
+
+    def make(tensors):
+        created.append((make_optimizer(tensors), tensors))
+        return created[-1][0]
+
+    expected = torch_trajectory(make, params, grads, dtype)
+    final_state = []
+    actual = functional_trajectory(tx, params, grads, dtype, jit, final_state)
+    worst = assert_trajectories_close(actual, expected, dtype)
+    ((optimizer, tensors),) = created
+    assert_state_matches_torch(
+        state_names, final_state[0], optimizer, tensors, dtype, skip_state
+    )
+    return worst
+
+
+def assert_same_error(torch_run: Callable[[], object], our_run: Callable[[], object]):
+    """Both raise, the same exception type with the same message."""
+
+    def first_error(run):
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001 - the point is which exception
+            return e
+        raise AssertionError(f"{run.__name__} raised no exception")
+
+    theirs, ours = first_error(torch_run), first_error(our_run)
+    assert type(ours) is type(theirs), (ours, theirs)
+    assert str(ours) == str(theirs)
+
+
+def scale_lr_after_each_step(optimizer, factor: float):
+    """Make ``optimizer.step()`` multiply every group's lr by ``factor`` after the
+    step: torch's side of the schedule ``count -> lr * factor ** count``."""
+    original_step = optimizer.step
+
+    def step(*args, **kwargs):
+        loss = original_step(*args, **kwargs)
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        return loss
+
+    optimizer.step = step
+    return optimizer

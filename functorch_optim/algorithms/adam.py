@@ -192,6 +192,7 @@ ADAM = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    elementwise=True,
 )
 
 ADAMW = Algorithm(
@@ -201,5 +202,6 @@ ADAMW = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    elementwise=True,
     fixed={"decoupled_weight_decay": True},
 )

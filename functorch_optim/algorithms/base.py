@@ -72,6 +72,9 @@ class Algorithm:
         depend on the parameter values, so ``update`` may be called without params.
       fixed: options torch sets itself and keeps in ``param_groups`` without a
         constructor keyword (AdamW's ``decoupled_weight_decay=True``).
+      elementwise: the step of a leaf acts on each element independently (given the
+        leaf's scalar state such as ``step``), so leaves of one shape may be stepped
+        together, stacked (:mod:`functorch_optim.packing`).
     """
 
     name: str
@@ -85,6 +88,7 @@ class Algorithm:
         options.get("weight_decay", 0.0)
     )
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    elementwise: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -188,6 +192,61 @@ def to_complex(x: Array | None, like: Array | None) -> Array | None:
     if x is None or like is None or not jnp.iscomplexobj(like):
         return x
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+
+
+def opmath_dtype(dtype):
+    """The dtype torch's CPU kernels compute in: float32 for bfloat16/float16
+    tensors (rounded once at the end), the tensor's own dtype otherwise."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
+    """``torch.lerp`` exactly as torch's CPU kernel runs it: inputs and weight in
+    :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
+    rounding back to ``start``'s dtype at the end."""
+    opmath = opmath_dtype(start.dtype)
+    return lerp(
+        start.astype(opmath), end.astype(opmath), jnp.asarray(weight, opmath)
+    ).astype(start.dtype)
+
+
+def mul(x: Array, factor: Any) -> Array:
+    """``x.mul(factor)`` for a scalar factor: torch keeps the factor in
+    :func:`opmath_dtype` (JAX would round a Python float to bfloat16 first)."""
+    op = opmath_dtype(x.dtype)
+    return (x.astype(op) * scalar(factor, op)).astype(x.dtype)
+
+
+def add(x: Array, y: Any, alpha: Any = 1) -> Array:
+    """``torch.add(x, y, alpha=alpha)``: ``x + alpha * y`` in :func:`opmath_dtype`,
+    rounded once; ``y`` may be a tensor or a scalar.
+
+    This is torch's scalar CPU path. Its vectorized bfloat16 path first rounds
+    ``alpha`` to bfloat16, so torch's own bfloat16 results depend on where an
+    element falls in a SIMD vector; they agree with this to about one bfloat16 ulp.
+    """
+    op = opmath_dtype(x.dtype)
+    return (x.astype(op) + scalar(alpha, op) * jnp.asarray(y).astype(op)).astype(
+        x.dtype
+    )
+
+
+def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
+    """``torch.addcmul``: ``x + value * t1 * t2`` (left to right) in
+    :func:`opmath_dtype`, rounded once."""
+    op = opmath_dtype(x.dtype)
+    return (x.astype(op) + scalar(value, op) * t1.astype(op) * t2.astype(op)).astype(
+        x.dtype
+    )
+
+
+def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
+    """``torch.addcdiv``: ``x + value * t1 / t2`` (left to right) in
+    :func:`opmath_dtype`, rounded once."""
+    op = opmath_dtype(x.dtype)
+    return (x.astype(op) + scalar(value, op) * t1.astype(op) / t2.astype(op)).astype(
+        x.dtype
+    )
 
 
 def scalar(x: Any, dtype) -> Any:

@@ -106,5 +106,6 @@ SGD = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("momentum_buffer",),
+    elementwise=True,
     complex_as_real=False,  # every operation of the rule is linear
 )

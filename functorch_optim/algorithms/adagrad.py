@@ -1,0 +1,127 @@
+"""Adagrad (torch.optim.Adagrad)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ..core import GradientTransformation
+from ..functional import make_transform
+from .base import (
+    Algorithm,
+    Options,
+    add,
+    addcdiv,
+    addcmul,
+    check_fused_flags,
+    nonzero,
+)
+from .common import check_foreach_differentiable, require_nonnegative
+
+# torch's ``_get_fused_kernels_supported_devices()``, quoted by its fused-dtype error.
+_FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]
+
+
+def _validate(o: Options) -> None:
+    require_nonnegative(
+        o, "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"
+    )
+    check_fused_flags(o)
+    check_foreach_differentiable(o)
+
+
+def _check_fused_dtype(param) -> None:
+    """torch's fused kernel takes real floating point parameters only."""
+    if jnp.iscomplexobj(param):
+        device = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of "
+            f"supported devices: {_FUSED_DEVICES} but torch.{param.dtype} and {device}"
+        )
+
+
+def _init(param, o: Options) -> dict:
+    if o.fused:
+        _check_fused_dtype(param)
+    # torch fills the accumulator at construction; a complex parameter's real and
+    # imaginary parts each start at the initial value.
+    value = o.initial_accumulator_value
+    if jnp.iscomplexobj(param):
+        value = value * (1 + 1j)
+    return {"sum": jnp.full_like(param, value)}
+
+
+def _step(param, grad, state, o: Options):
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    if nonzero(o.weight_decay):
+        grad = add(grad, param, o.weight_decay)
+    clr = o.lr / (1 + (step - 1) * o.lr_decay)
+    state_sum = addcmul(state["sum"], grad, grad)
+    std = add(jnp.sqrt(state_sum), o.eps)
+    new_param = addcdiv(param, grad, std, -clr)
+    return new_param, {"step": step, "sum": state_sum}
+
+
+def adagrad(
+    lr=1e-2,
+    lr_decay=0,
+    weight_decay=0,
+    initial_accumulator_value=0,
+    eps=1e-10,
+    foreach=None,
+    *,
+    maximize=False,
+    differentiable=False,
+    fused=None,
+) -> GradientTransformation:
+    r"""Adagrad (``torch.optim.Adagrad``).
+
+    With :math:`g_t` the gradient (negated when ``maximize``), :math:`\eta` the lr
+    decay, :math:`\lambda` the weight decay and :math:`s_0 = \tau` the initial
+    accumulator value:
+
+    .. math::
+        \tilde\gamma &\leftarrow \gamma / (1 + (t - 1) \eta) \\
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        s_t &\leftarrow s_{t-1} + g_t^2 \\
+        \theta_t &\leftarrow \theta_{t-1}
+            - \tilde\gamma \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    Complex parameters are stepped as their real and imaginary parts, as torch does
+    (so a complex ``sum`` starts at :math:`\tau + i\tau`).
+
+    Args:
+      lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
+        ``count -> value``).
+      lr_decay: learning rate decay :math:`\eta`.
+      weight_decay: L2 penalty :math:`\lambda`.
+      initial_accumulator_value: the starting value :math:`\tau` of ``sum``.
+      eps: term added to the denominator for numerical stability.
+      maximize: ascend the objective instead of descending it.
+      foreach, differentiable, fused: torch's implementation flags, accepted and
+        checked as torch checks them (``fused`` rejects complex parameters, as
+        torch's fused kernel does); XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step`` and ``sum`` per leaf.
+
+    Example:
+      >>> tx = fo.adagrad(lr=0.1, lr_decay=1e-3, initial_accumulator_value=0.1)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+    return make_transform(ADAGRAD, locals())
+
+
+ADAGRAD = Algorithm(
+    name="Adagrad",
+    functional=adagrad,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=("step", "sum"),
+    elementwise=True,
+)

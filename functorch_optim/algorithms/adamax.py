@@ -1,0 +1,87 @@
+"""Adamax, Adam with the infinity norm (torch.optim.Adamax)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation
+from ..functional import make_transform
+from .base import Algorithm, Options, add, addcdiv, lerp_kernel, mul, nonzero
+from .common import validate_adam_like
+
+
+def _init(param, o: Options) -> dict:
+    return {"exp_avg": jnp.zeros_like(param), "exp_inf": jnp.zeros_like(param)}
+
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    if nonzero(o.weight_decay):
+        grad = add(grad, param, o.weight_decay)
+    exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
+    exp_inf = jnp.maximum(mul(state["exp_inf"], beta2), add(jnp.abs(grad), o.eps))
+    clr = o.lr / (1 - beta1**step)
+    new_param = addcdiv(param, exp_avg, exp_inf, -clr)
+    return new_param, {"step": step, "exp_avg": exp_avg, "exp_inf": exp_inf}
+
+
+def adamax(
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0,
+    foreach=None,
+    *,
+    maximize=False,
+    differentiable=False,
+    capturable=False,
+) -> GradientTransformation:
+    r"""Adamax (``torch.optim.Adamax``): Adam with an infinity-norm second moment.
+
+    With :math:`g_t` the gradient (negated when ``maximize``) and :math:`\lambda` the
+    weight decay; :math:`m_0 = u_0 = 0`:
+
+    .. math::
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        u_t &\leftarrow \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
+        \theta_t &\leftarrow \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t}
+            \frac{m_t}{u_t}
+
+    Complex parameters are stepped as their real and imaginary parts, as torch does.
+
+    Args:
+      lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
+        ``count -> value``).
+      betas: coefficients :math:`(\beta_1, \beta_2)` of the running average and of
+        the decaying infinity norm.
+      eps: term added to :math:`|g_t|` for numerical stability.
+      weight_decay: L2 penalty :math:`\lambda`.
+      maximize: ascend the objective instead of descending it.
+      foreach, differentiable, capturable: torch's implementation flags, accepted
+        and checked as torch checks them; XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``exp_avg`` and ``exp_inf`` per leaf.
+
+    Example:
+      >>> tx = fo.adamax(lr=2e-3)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+    return make_transform(ADAMAX, locals())
+
+
+ADAMAX = Algorithm(
+    name="Adamax",
+    functional=adamax,
+    init=_init,
+    step=_step,
+    validate=validate_adam_like,
+    state_names=("step", "exp_avg", "exp_inf"),
+    elementwise=True,
+)

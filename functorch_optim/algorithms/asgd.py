@@ -1,0 +1,124 @@
+"""Averaged stochastic gradient descent (torch.optim.ASGD)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation, scalar_dtype
+from ..functional import make_transform
+from .base import Algorithm, Options, add, mul, nonzero
+from .common import (
+    TORCH_SCALAR_DTYPE,
+    check_foreach_differentiable,
+    require_nonnegative,
+)
+
+
+def _validate(o: Options) -> None:
+    require_nonnegative(o, "lr", "weight_decay")
+    check_foreach_differentiable(o)
+
+
+def _init(param, o: Options) -> dict:
+    # torch keeps eta and mu as scalar tensors per parameter, eta starting at the
+    # group's lr when the state is created.
+    return {
+        "eta": jnp.reshape(jnp.asarray(o.lr, TORCH_SCALAR_DTYPE), ()),
+        "mu": jnp.ones((), TORCH_SCALAR_DTYPE),
+        "ax": jnp.zeros_like(param),
+    }
+
+
+def _step(param, grad, state, o: Options):
+    lr, lambd = o.lr, o.lambd
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    if nonzero(o.weight_decay):
+        grad = add(grad, param, o.weight_decay)
+
+    # torch reads eta with .item(): the float32 value, then Python arithmetic.
+    eta = state["eta"].astype(scalar_dtype())
+    param = mul(param, 1 - lambd * eta)
+    param = add(param, grad, -eta)
+
+    # torch copies the parameter while mu is exactly 1 (before t0) and averages
+    # after; the copy is not the same bits as ax + (param - ax) * 1.
+    mu = state["mu"]
+    ax = state["ax"]
+    ax = jnp.where(mu != 1, add(ax, mul(param - ax, mu)), param)
+
+    new_eta = lr / ((1 + lambd * lr * step) ** o.alpha)
+    new_mu = 1 / jnp.maximum(1, step - o.t0)
+    return param, {
+        "step": step,
+        "eta": jnp.asarray(new_eta, TORCH_SCALAR_DTYPE),
+        "mu": jnp.asarray(new_mu, TORCH_SCALAR_DTYPE),
+        "ax": ax,
+    }
+
+
+def asgd(
+    lr=1e-2,
+    lambd=1e-4,
+    alpha=0.75,
+    t0=1e6,
+    weight_decay=0,
+    foreach=None,
+    maximize=False,
+    differentiable=False,
+    capturable=False,
+) -> GradientTransformation:
+    r"""Averaged SGD (``torch.optim.ASGD``).
+
+    With :math:`g_t` the gradient (negated when ``maximize``), :math:`\lambda` the
+    weight decay, :math:`\eta_0 = \gamma` and :math:`\mu_0 = 1`:
+
+    .. math::
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        \theta_t &\leftarrow \theta_{t-1} (1 - \lambda_d \eta_{t-1})
+            - \eta_{t-1} g_t \\
+        a_t &\leftarrow \begin{cases} \theta_t & \mu_{t-1} = 1 \\
+            a_{t-1} + \mu_{t-1} (\theta_t - a_{t-1}) & \text{otherwise} \end{cases} \\
+        \eta_t &\leftarrow \gamma / (1 + \lambda_d \gamma t)^\alpha \\
+        \mu_t &\leftarrow 1 / \max(1, t - t_0)
+
+    :math:`a_t` (``ax``) is the running average of the iterates; the parameters
+    themselves follow the SGD path. ``eta`` and ``mu`` are float32 scalars per leaf,
+    as torch keeps them (its default scalar dtype), and their rounding is part of
+    torch's trajectory.
+
+    Args:
+      lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
+        ``count -> value``).
+      lambd: decay term :math:`\lambda_d`.
+      alpha: power :math:`\alpha` of the eta update.
+      t0: step :math:`t_0` at which averaging starts.
+      weight_decay: L2 penalty :math:`\lambda`.
+      maximize: ascend the objective instead of descending it.
+      foreach, differentiable, capturable: torch's implementation flags, accepted
+        and checked as torch checks them; XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``eta``, ``mu`` (scalars) and ``ax`` per leaf.
+
+    Example:
+      >>> tx = fo.asgd(lr=0.01, t0=100.0)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+      >>> averaged = state["ax"]
+    """
+    return make_transform(ASGD, locals())
+
+
+ASGD = Algorithm(
+    name="ASGD",
+    functional=asgd,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=("step", "eta", "mu", "ax"),
+    elementwise=True,
+    reads_params=lambda options: True,  # the decay term and ax read the parameters
+)

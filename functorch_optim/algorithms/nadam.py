@@ -1,0 +1,132 @@
+"""NAdam, Adam with Nesterov momentum (torch.optim.NAdam)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation, scalar_dtype
+from ..functional import make_transform
+from .base import Algorithm, Options, add, addcdiv
+from .common import (
+    TORCH_SCALAR_DTYPE,
+    adam_moments,
+    apply_weight_decay,
+    div,
+    validate_adam_like,
+)
+
+
+def _validate(o: Options) -> None:
+    validate_adam_like(o, "momentum_decay")
+
+
+def _init(param, o: Options) -> dict:
+    return {
+        "mu_product": jnp.ones((), TORCH_SCALAR_DTYPE),
+        "exp_avg": jnp.zeros_like(param),
+        "exp_avg_sq": jnp.zeros_like(param),
+    }
+
+
+def _momentum_cache(beta1, step, momentum_decay):
+    r"""Momentum cache :math:`\mu_t = \beta_1 (1 - 0.5 \cdot 0.96^{t \psi})`."""
+    return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    lr = o.lr
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    bias_correction2 = 1 - beta2**step
+    param, grad = apply_weight_decay(param, grad, o)
+
+    mu = _momentum_cache(beta1, step, o.momentum_decay)
+    mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
+    # torch multiplies its float32 mu_product tensor in place, then reads it back
+    # with .item() for Python arithmetic.
+    mu_product = (state["mu_product"] * mu).astype(TORCH_SCALAR_DTYPE)
+    mu_product_value = mu_product.astype(scalar_dtype())
+    mu_product_next = mu_product_value * mu_next
+
+    exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
+    denom = add(jnp.sqrt(div(exp_avg_sq, bias_correction2)), o.eps)
+    grad_coefficient = -lr * (1.0 - mu) / (1.0 - mu_product_value)
+    exp_avg_coefficient = (-lr * mu_next) / (1.0 - mu_product_next)
+    param = addcdiv(param, grad, denom, grad_coefficient)
+    param = addcdiv(param, exp_avg, denom, exp_avg_coefficient)
+    return param, {
+        "step": step,
+        "mu_product": mu_product,
+        "exp_avg": exp_avg,
+        "exp_avg_sq": exp_avg_sq,
+    }
+
+
+def nadam(
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0,
+    momentum_decay=4e-3,
+    decoupled_weight_decay=False,
+    *,
+    foreach=None,
+    maximize=False,
+    capturable=False,
+    differentiable=False,
+) -> GradientTransformation:
+    r"""NAdam (``torch.optim.NAdam``): Adam with Nesterov momentum.
+
+    With :math:`g_t` the gradient (negated when ``maximize``), :math:`\lambda` the
+    weight decay, :math:`\psi` the momentum decay and :math:`\Pi_0 = 1`:
+
+    .. math::
+        \theta &\leftarrow \theta (1 - \gamma\lambda)
+            \text{ if decoupled, else } g_t \leftarrow g_t + \lambda\theta \\
+        \mu_t &\leftarrow \beta_1 (1 - \tfrac12 0.96^{t\psi}), \quad
+            \Pi_t \leftarrow \Pi_{t-1} \mu_t \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        d_t &\leftarrow \sqrt{v_t / (1 - \beta_2^t)} + \epsilon \\
+        \theta_t &\leftarrow \theta - \gamma \frac{1 - \mu_t}{1 - \Pi_t} \frac{g_t}{d_t}
+            - \gamma \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}} \frac{m_t}{d_t}
+
+    :math:`\Pi_t` (``mu_product``) is a float32 scalar per leaf, as torch keeps it,
+    and its rounding is part of torch's trajectory.
+
+    Args:
+      lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
+        ``count -> value``).
+      betas: coefficients of the running averages of the gradient and its square.
+      eps: term added to the denominator for numerical stability.
+      weight_decay: weight decay coefficient :math:`\lambda`.
+      momentum_decay: momentum decay :math:`\psi`.
+      decoupled_weight_decay: decay the parameters directly (NAdamW) instead of
+        adding the decay to the gradient.
+      maximize: ascend the objective instead of descending it.
+      foreach, capturable, differentiable: torch's implementation flags, accepted
+        and checked as torch checks them; XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``mu_product``, ``exp_avg`` and ``exp_avg_sq`` per leaf.
+
+    Example:
+      >>> tx = fo.nadam(lr=2e-3, weight_decay=0.01, decoupled_weight_decay=True)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+    return make_transform(NADAM, locals())
+
+
+NADAM = Algorithm(
+    name="NAdam",
+    functional=nadam,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=("step", "mu_product", "exp_avg", "exp_avg_sq"),
+    elementwise=True,
+)

@@ -1,0 +1,118 @@
+"""RAdam, Adam with a rectified adaptive learning rate (torch.optim.RAdam)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation
+from ..functional import make_transform
+from .base import Algorithm, Options, add, mul
+from .common import adam_moments, apply_weight_decay, div, validate_adam_like
+
+
+def _init(param, o: Options) -> dict:
+    return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
+
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    lr = o.lr
+    step = state["step"] + 1
+    grad = -grad if o.maximize else grad
+    param, grad = apply_weight_decay(param, grad, o)
+    exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
+
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    bias_corrected_exp_avg = div(exp_avg, bias_correction1)
+
+    # Length of the approximated simple moving average: its limit and its value now.
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    # The variance is tractable (rectify) only when rho_t > 5; the step count is
+    # traced, so both branches are computed and one selected.
+    rectify = rho_t > 5.0
+    # Where not rectifying, the rectification term may be the root of a negative
+    # number; a finite stand-in keeps NaN out of gradients taken through the step.
+    rect = jnp.where(
+        rectify,
+        ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        ** 0.5,
+        1.0,
+    )
+    # torch's ``float / tensor`` is ``tensor.reciprocal() * float``.
+    adaptive_lr = mul(1 / add(jnp.sqrt(exp_avg_sq), o.eps), bias_correction2**0.5)
+    unrectified = mul(bias_corrected_exp_avg, lr)
+    rectified = mul(unrectified * adaptive_lr, rect)
+    new_param = add(param, jnp.where(rectify, rectified, unrectified), -1.0)
+    return new_param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def radam(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0,
+    decoupled_weight_decay=False,
+    *,
+    foreach=None,
+    maximize=False,
+    capturable=False,
+    differentiable=False,
+) -> GradientTransformation:
+    r"""RAdam (``torch.optim.RAdam``): Adam with a rectified adaptive learning rate.
+
+    With :math:`g_t` the gradient (negated when ``maximize``) and :math:`\lambda` the
+    weight decay:
+
+    .. math::
+        \theta &\leftarrow \theta (1 - \gamma\lambda)
+            \text{ if decoupled, else } g_t \leftarrow g_t + \lambda\theta \\
+        m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \hat m_t &\leftarrow m_t / (1 - \beta_1^t) \\
+        \rho_\infty &\leftarrow 2 / (1 - \beta_2) - 1, \quad
+        \rho_t \leftarrow \rho_\infty - 2 t \beta_2^t / (1 - \beta_2^t) \\
+        \theta_t &\leftarrow \begin{cases}
+            \theta - \gamma \hat m_t \, r_t \, \frac{\sqrt{1 - \beta_2^t}}
+                {\sqrt{v_t} + \epsilon} & \rho_t > 5 \\
+            \theta - \gamma \hat m_t & \text{otherwise} \end{cases} \\
+        r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+            {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}}
+
+    The switch on :math:`\rho_t > 5` is taken at run time, so the transform jits.
+
+    Args:
+      lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
+        ``count -> value``).
+      betas: coefficients of the running averages of the gradient and its square.
+      eps: term added to the denominator for numerical stability.
+      weight_decay: weight decay coefficient :math:`\lambda`.
+      decoupled_weight_decay: decay the parameters directly (RAdamW) instead of
+        adding the decay to the gradient.
+      maximize: ascend the objective instead of descending it.
+      foreach, capturable, differentiable: torch's implementation flags, accepted
+        and checked as torch checks them; XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``exp_avg`` and ``exp_avg_sq`` per leaf.
+
+    Example:
+      >>> tx = fo.radam(lr=1e-3, weight_decay=0.01, decoupled_weight_decay=True)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+    return make_transform(RADAM, locals())
+
+
+RADAM = Algorithm(
+    name="RAdam",
+    functional=radam,
+    init=_init,
+    step=_step,
+    validate=validate_adam_like,
+    state_names=("step", "exp_avg", "exp_avg_sq"),
+    elementwise=True,
+)

@@ -1,0 +1,113 @@
+"""Resilient backpropagation (torch.optim.Rprop)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core import GradientTransformation
+from ..functional import make_transform
+from .base import Algorithm, Options, known_value
+from .common import require_nonnegative
+
+
+def _validate(o: Options) -> None:
+    require_nonnegative(o, "lr")
+    etaminus, etaplus = (known_value(eta) for eta in o.etas)
+    if (
+        etaminus is not None
+        and etaplus is not None
+        and not 0.0 < etaminus < 1.0 < etaplus
+    ):
+        raise ValueError(f"Invalid eta values: {o.etas[0]}, {o.etas[1]}")
+
+
+def _init(param, o: Options) -> dict:
+    # torch fills step_size with lr when it creates the state; a complex parameter
+    # gets lr on both its real and imaginary part (it is two real numbers).
+    fill = o.lr * (1 + 1j) if jnp.iscomplexobj(param) else o.lr
+    return {"prev": jnp.zeros_like(param), "step_size": jnp.full_like(param, fill)}
+
+
+def _step(param, grad, state, o: Options):
+    etaminus, etaplus = o.etas
+    step_size_min, step_size_max = o.step_sizes
+    dtype = param.dtype
+    grad = -grad if o.maximize else grad
+    prev, step_size = state["prev"], state["step_size"]
+
+    # torch writes the etas into a tensor of the parameter's dtype and then compares
+    # it with etaminus, so the comparisons are made after rounding to that dtype.
+    etaminus_t = jnp.asarray(etaminus, dtype)
+    sign = jnp.sign(grad * prev)
+    factor = jnp.where(sign > 0, jnp.asarray(etaplus, dtype), sign)
+    factor = jnp.where(factor < 0, etaminus_t, factor)
+    factor = jnp.where(factor == 0, jnp.ones((), dtype), factor)
+
+    step_size = jnp.clip(step_size * factor, step_size_min, step_size_max)
+    # After a sign change the gradient is forgotten: no move now, no sign next time.
+    grad = jnp.where(factor == etaminus_t, jnp.zeros((), dtype), grad)
+    new_param = param - jnp.sign(grad) * step_size
+    return new_param, {"step": state["step"] + 1, "prev": grad, "step_size": step_size}
+
+
+def rprop(
+    lr=1e-2,
+    etas=(0.5, 1.2),
+    step_sizes=(1e-6, 50),
+    *,
+    capturable=False,
+    foreach=None,
+    maximize=False,
+    differentiable=False,
+) -> GradientTransformation:
+    r"""Rprop (``torch.optim.Rprop``): per-coordinate step sizes driven by signs.
+
+    With :math:`g_t` the gradient (negated when ``maximize``), :math:`\eta_-,
+    \eta_+` the etas and :math:`[s_{min}, s_{max}]` the step-size bounds, per
+    coordinate:
+
+    .. math::
+        \eta &\leftarrow \begin{cases} \eta_+ & g_t g_{t-1} > 0 \\
+                                       \eta_- & g_t g_{t-1} < 0 \\
+                                       1 & \text{otherwise} \end{cases} \\
+        s_t &\leftarrow \mathrm{clip}(\eta\, s_{t-1}, s_{min}, s_{max}) \\
+        g_t &\leftarrow 0 \text{ where } \eta = \eta_- \\
+        \theta_t &\leftarrow \theta_{t-1} - \mathrm{sign}(g_t)\, s_t
+
+    :math:`s_0 = \gamma` (the learning rate when the state is created; later changes
+    of ``lr`` do not affect the step sizes, as in torch). Complex parameters are
+    treated as pairs of real numbers.
+
+    Args:
+      lr: learning rate :math:`\gamma`, the initial step size.
+      etas: multiplicative decrease and increase factors :math:`(\eta_-, \eta_+)`,
+        with :math:`0 < \eta_- < 1 < \eta_+`.
+      step_sizes: minimal and maximal step sizes :math:`(s_{min}, s_{max})`.
+      maximize: ascend the objective instead of descending it.
+      capturable, foreach, differentiable: torch's implementation flags, accepted;
+        XLA compiles one fused step either way.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``prev`` and ``step_size``.
+
+    Example:
+      >>> tx = fo.rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = fo.apply_updates(params, updates)
+    """
+    return make_transform(RPROP, locals())
+
+
+RPROP = Algorithm(
+    name="Rprop",
+    functional=rprop,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=("step", "prev", "step_size"),
+    elementwise=True,
+    # The step needs grad * prev, not the parameter values.
+    reads_params=lambda options: False,
+)

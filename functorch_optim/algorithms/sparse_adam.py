@@ -1,0 +1,208 @@
+"""Lazy Adam for sparse gradients (torch.optim.SparseAdam).
+
+Gradients are :class:`jax.experimental.sparse.BCOO` arrays, the analogue of torch's
+sparse COO gradients (``nn.Embedding(sparse=True)``): only the entries a gradient
+holds move the moments and the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import sparse
+
+from ..core import GradientTransformation, scalar_dtype
+from ..functional import make_transform
+from .base import Algorithm, Options, add, mul, require
+
+
+def _validate(o: Options) -> None:
+    beta1, beta2 = o.betas
+    require(lambda v: 0.0 < v, o.lr, f"Invalid learning rate: {o.lr}")
+    require(lambda v: 0.0 < v, o.eps, f"Invalid epsilon value: {o.eps}")
+    require(
+        lambda v: 0.0 <= v < 1.0, beta1, f"Invalid beta parameter at index 0: {beta1}"
+    )
+    require(
+        lambda v: 0.0 <= v < 1.0, beta2, f"Invalid beta parameter at index 1: {beta2}"
+    )
+
+
+def _is_sparse(x) -> bool:
+    return isinstance(x, sparse.BCOO)
+
+
+def check_params(groups) -> None:
+    """torch's constructor check: dense, real parameters only.
+
+    Args:
+      groups: one list of parameter leaves per param group; the indices in the
+        message are ``[group, position in group]``, as torch prints them.
+    """
+    sparse_at, complex_at = [], []
+    for g, leaves in enumerate(groups):
+        for i, leaf in enumerate(leaves):
+            if _is_sparse(leaf):
+                sparse_at.append([g, i])
+            if jnp.iscomplexobj(leaf):
+                complex_at.append([g, i])
+    if sparse_at:
+        raise ValueError(
+            f"Sparse params at indices {sparse_at}: SparseAdam requires dense "
+            "parameter tensors"
+        )
+    if complex_at:
+        raise ValueError(
+            f"Complex params at indices {complex_at}: SparseAdam does not support "
+            "complex parameters"
+        )
+
+
+def _coalesce(grad: sparse.BCOO, n_rows: int):
+    """torch's ``coalesce()``: unique entries with duplicates summed.
+
+    Entries are addressed by their flat index over the sparse dimensions (rows of
+    the parameter seen as ``(n_rows, *dense_shape)``). The result keeps the static
+    size ``nse``; unused slots and BCOO padding get the out-of-range row ``n_rows``,
+    which gathers read as 0 and scatters drop.
+    """
+    sparse_shape = grad.shape[: grad.n_sparse]
+    indices = grad.indices
+    rows = jnp.zeros(grad.nse, indices.dtype)
+    valid = jnp.ones(grad.nse, bool)
+    for axis, size in enumerate(sparse_shape):
+        column = indices[:, axis]
+        rows = rows * size + column
+        valid &= (column >= 0) & (column < size)
+    rows = jnp.where(valid, rows, n_rows)
+    # Sort, then sum each run of equal rows into one slot (jnp.unique does the
+    # same but compiles several times slower).
+    order = jnp.argsort(rows, stable=True)
+    rows = rows[order]
+    starts = jnp.concatenate([jnp.ones(1, bool), rows[1:] != rows[:-1]])
+    slot = jnp.cumsum(starts) - 1
+    values = jax.ops.segment_sum(grad.data[order], slot, grad.nse)
+    unique = jnp.full(grad.nse, n_rows, rows.dtype).at[slot].set(rows)
+    return unique, values
+
+
+def _init(param, o: Options) -> dict:
+    return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
+
+
+def _step(param, grad, state, o: Options):
+    if not _is_sparse(grad):
+        raise RuntimeError(
+            "SparseAdam does not support dense gradients, please consider Adam instead"
+        )
+    beta1, beta2 = o.betas
+    # torch counts the step before it looks at the gradient's entries.
+    step = state["step"] + 1
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    if grad.data.size == 0:  # torch skips the update of an empty gradient
+        return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+    grad = sparse.bcoo_update_layout(grad, n_batch=0)  # torch has no batch dims
+    n_rows = math.prod(param.shape[: grad.n_sparse])
+    table_shape = (n_rows,) + param.shape[grad.n_sparse :]
+    rows, grad_values = _coalesce(grad, n_rows)
+    if o.maximize:
+        grad_values = -grad_values
+
+    def gather(x):
+        return x.reshape(table_shape).at[rows].get(mode="fill", fill_value=0)
+
+    def scatter_add(x, values):
+        return x.reshape(table_shape).at[rows].add(values, mode="drop").reshape(x.shape)
+
+    # old + (1 - b) * (new - old), at the gradient's entries only.
+    old_exp_avg = gather(exp_avg)
+    exp_avg_update = mul(grad_values - old_exp_avg, 1 - beta1)
+    exp_avg = scatter_add(exp_avg, exp_avg_update)
+    old_exp_avg_sq = gather(exp_avg_sq)
+    exp_avg_sq_update = mul(grad_values * grad_values - old_exp_avg_sq, 1 - beta2)
+    exp_avg_sq = scatter_add(exp_avg_sq, exp_avg_sq_update)
+
+    numer = exp_avg_update + old_exp_avg
+    denom = add(jnp.sqrt(exp_avg_sq_update + old_exp_avg_sq), o.eps)
+    step_float = step.astype(scalar_dtype())  # torch's step is a Python int
+    bias_correction1 = 1 - beta1**step_float
+    bias_correction2 = 1 - beta2**step_float
+    step_size = o.lr * jnp.sqrt(bias_correction2) / bias_correction1
+    new_param = scatter_add(param, mul(numer / denom, -step_size))
+    return new_param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def sparse_adam(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    maximize=False,
+) -> GradientTransformation:
+    r"""Lazy Adam for sparse gradients (``torch.optim.SparseAdam``).
+
+    Gradients must be :class:`jax.experimental.sparse.BCOO` (duplicate indices are
+    summed, as torch's ``coalesce``). For each entry :math:`i` the gradient holds,
+    with :math:`g` its value (negated when ``maximize``):
+
+    .. math::
+        m_i &\leftarrow m_i + (1 - \beta_1)(g - m_i), \quad
+        v_i \leftarrow v_i + (1 - \beta_2)(g^2 - v_i) \\
+        \theta_i &\leftarrow \theta_i
+            - \gamma \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
+            \frac{m_i}{\sqrt{v_i} + \epsilon}
+
+    Entries the gradient does not hold keep their moments and parameter values; the
+    step count :math:`t` advances on every ``update`` (an empty gradient moves
+    nothing), as in torch.
+
+    Args:
+      lr: learning rate :math:`\gamma` (> 0).
+      betas: coefficients of the running averages of the gradient and its square.
+      eps: term added to the denominator (> 0).
+      maximize: ascend the objective instead of descending it.
+
+    Returns:
+      A :class:`~functorch_optim.GradientTransformation` with torch's state
+      ``step``, ``exp_avg`` and ``exp_avg_sq``. ``init`` rejects complex and sparse
+      parameters with torch's ValueError; ``update`` rejects dense gradients with
+      torch's RuntimeError.
+
+    Example:
+      >>> from jax.experimental import sparse
+      >>> tx = fo.sparse_adam(lr=1e-2)
+      >>> state = tx.init({"embedding": table})
+      >>> ids = jnp.array([3, 1, 3])          # rows looked up, with a repeat
+      >>> grad = sparse.BCOO((row_grads, ids[:, None]), shape=table.shape)
+      >>> updates, state = tx.update({"embedding": grad}, state, {"embedding": table})
+    """
+    transform = make_transform(SPARSE_ADAM, locals())
+
+    def init(params):
+        check_params([jax.tree.leaves(params, is_leaf=_is_sparse)])
+        return transform.init(params)
+
+    def update(grads, state, params=None, **extra_args):
+        if params is None:
+            # The dense zeros the update is measured from: a BCOO grad has the
+            # parameter's shape.
+            params = jax.tree.map(
+                lambda g: jnp.zeros(g.shape, g.dtype), grads, is_leaf=_is_sparse
+            )
+        return transform.update(grads, state, params, **extra_args)
+
+    return GradientTransformation(init, update)
+
+
+SPARSE_ADAM = Algorithm(
+    name="SparseAdam",
+    functional=sparse_adam,
+    init=_init,
+    step=_step,
+    validate=_validate,
+    state_names=("step", "exp_avg", "exp_avg_sq"),
+    complex_as_real=False,  # torch rejects complex parameters
+    reads_params=lambda options: False,
+)
