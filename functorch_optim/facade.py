@@ -1,0 +1,1040 @@
+"""The torch-style facade: ``fo.Adam(params, lr=...)`` with torch.optim's interface.
+
+:class:`Optimizer` keeps parameters, state and hyperparameters the way
+``torch.optim.Optimizer`` does (``param_groups``, ``state``, ``state_dict``, hooks,
+``zero_grad``) and holds no math: every ``step`` runs the algorithms' per-leaf rules
+(:mod:`functorch_optim.algorithms`) through :func:`functorch_optim.fused.step_leaves`
+in ONE jitted XLA computation for all groups, with the parameters and the state
+donated so XLA updates them in place.
+
+What decides the compiled program (and so triggers a compile when it changes): the
+tree of arrays passed (which leaves have a gradient, their shapes and dtypes, which
+state entries exist) and each group's *static* options: flags, integers, strings,
+``None``, and zeros of the options that are 0 by default (weight decay, momentum:
+torch branches on ``x != 0`` there). Every other float hyperparameter is passed as a
+weakly typed traced scalar, so editing ``param_groups[i]['lr']`` (or betas, momentum,
+a nonzero weight decay) between steps reuses the compiled step; :func:`compile_count`
+shows it.
+
+Differences from torch that JAX imposes:
+  * arrays are immutable, so the updated parameters are read from ``opt.params`` (or
+    ``opt.param_groups[i]['params']``). The arrays the optimizer held before a step
+    are donated to it and deleted, as torch overwrites its tensors in place: an old
+    reference fails loudly instead of silently holding stale values.
+  * ``opt.state`` is keyed by the parameter's index (as in ``state_dict``); indexing
+    it with one of the current parameter arrays works too.
+  * gradients are passed in (``step(grads)``), or computed from ``step(closure)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import interop
+from .algorithms import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adam,
+    adamax,
+    asgd,
+    muon,
+    nadam,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+    sparse_adam,
+)
+from .algorithms.base import Algorithm, Options, check_scalar_lr
+from .fused import STEP, init_leaf, step_leaves
+
+# --- hooks ----------------------------------------------------------------------
+
+
+class RemovableHandle:
+    """Removes a registered hook: ``handle.remove()`` (or leave its ``with`` block).
+
+    The same contract as ``torch.utils.hooks.RemovableHandle``, without torch.
+    """
+
+    _next_id: ClassVar[int] = 0
+
+    def __init__(self, hooks: OrderedDict) -> None:
+        self._hooks = weakref.ref(hooks)
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self) -> None:
+        hooks = self._hooks()
+        if hooks is not None:
+            hooks.pop(self.id, None)
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+
+def _register(hooks: OrderedDict, hook: Callable, prepend: bool = False):
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
+_global_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+_global_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+
+
+def register_optimizer_step_pre_hook(hook: Callable) -> RemovableHandle:
+    """Register ``hook(optimizer, args, kwargs) -> None | (args, kwargs)`` for every
+    optimizer's ``step``; it runs before the optimizers' own pre hooks, as in torch."""
+    return _register(_global_step_pre_hooks, hook)
+
+
+def register_optimizer_step_post_hook(hook: Callable) -> RemovableHandle:
+    """Register ``hook(optimizer, args, kwargs) -> None`` after every optimizer's
+    ``step``; it runs after the optimizers' own post hooks, as in torch."""
+    return _register(_global_step_post_hooks, hook)
+
+
+def _with_step_hooks(step: Callable) -> Callable:
+    """Wrap a ``step`` method with the global and per-optimizer step hooks.
+
+    As torch's ``profile_hook_step``: pre hooks see ``args`` including the optimizer
+    itself and may return ``(new_args, new_kwargs)``. A ``step`` called from inside
+    another hooked ``step`` (a subclass calling ``super().step``) runs no hooks.
+    """
+
+    @functools.wraps(step)
+    def hooked_step(*args, **kwargs):
+        self = args[0]
+        if self._in_step:
+            return step(*args, **kwargs)
+        pre_hooks = (*_global_step_pre_hooks.values(),
+                     *self._optimizer_step_pre_hooks.values())
+        for pre_hook in pre_hooks:
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    args, kwargs = result
+                else:
+                    raise RuntimeError(
+                        f"{step} must return None or a tuple of (new_args, "
+                        f"new_kwargs), but got {result}."
+                    )
+        self._in_step = True
+        try:
+            out = step(*args, **kwargs)
+        finally:
+            self._in_step = False
+        post_hooks = (*self._optimizer_step_post_hooks.values(),
+                      *_global_step_post_hooks.values())
+        for post_hook in post_hooks:
+            post_hook(self, args, kwargs)
+        return out
+
+    hooked_step.hooked = True
+    return hooked_step
+
+
+# --- the one jitted step ----------------------------------------------------------
+
+_compiles = 0
+
+
+def compile_count() -> int:
+    """How many times the facade's fused step has been traced (= compiled)."""
+    return _compiles
+
+
+class _Traced:
+    """Marks an option passed as a traced scalar in a compiled step's static key."""
+
+    def __repr__(self) -> str:
+        return "<traced>"
+
+
+_TRACED = _Traced()
+
+
+def _split_option(value: Any, traced: list, static_zero: bool = False) -> Any:
+    """The static part of an option; its traced scalars are appended to ``traced``.
+
+    Python floats (and arrays) travel as traced scalars: a Python float passed to
+    jit is weakly typed, so it does not promote float32/bfloat16 params. With
+    ``static_zero`` a float equal to 0 stays static, so the rules' ``nonzero``
+    skips the term (and the state) as torch's ``if x != 0`` does. Integers, flags,
+    strings and None are static.
+    """
+    if value is None or isinstance(value, (bool, np.bool_, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if static_zero and value == 0:
+            return float(value)
+        traced.append(float(value))
+        return _TRACED
+    if isinstance(value, (tuple, list)):
+        return tuple(_split_option(v, traced) for v in value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        array = jnp.asarray(value)
+        traced.append(array.reshape(()) if array.size == 1 else array)
+        return _TRACED
+    return value  # schedules and other hashable values: part of the key
+
+
+def _join_option(static: Any, traced: Iterator) -> Any:
+    if static is _TRACED:
+        return next(traced)
+    if isinstance(static, tuple):
+        return tuple(_join_option(v, traced) for v in static)
+    return static
+
+
+def _step_groups(spec, params, grads, states, traced):
+    """All groups' steps in one program; ``spec`` = ((algorithm, static options),)."""
+    global _compiles
+    _compiles += 1
+    new_params, new_states = [], []
+    for (algorithm, static), p, g, s, t in zip(
+        spec, params, grads, states, traced, strict=True
+    ):
+        values = iter(t)
+        options = Options({k: _join_option(v, values) for k, v in static})
+        group_params, group_states = step_leaves(algorithm, p, g, s, options)
+        new_params.append(group_params)
+        new_states.append(group_states)
+    return new_params, new_states
+
+
+_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3))
+
+
+# --- params as given --------------------------------------------------------------
+
+
+def _typename(x: Any) -> str:
+    cls = type(x)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray)) or _is_torch_tensor(x)
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_named(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
+def _is_group_list(params: Any) -> bool:
+    return (
+        isinstance(params, (list, tuple))
+        and len(params) > 0
+        and isinstance(params[0], dict)
+        and "params" in params[0]
+    )
+
+
+class _StateView(dict):
+    """``opt.state``: index -> torch's state dict; an array key is found by identity."""
+
+    def __init__(self, items, leaves: list) -> None:
+        super().__init__(items)
+        self._index = {id(leaf): i for i, leaf in enumerate(leaves)}
+
+    def _key(self, key):
+        return key if isinstance(key, int) else self._index.get(id(key), -1)
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key):
+        return super().__contains__(self._key(key))
+
+    def get(self, key, default=None):
+        return super().get(self._key(key), default)
+
+
+# --- the optimizer --------------------------------------------------------------
+
+
+class Optimizer:
+    """Base of the torch-style optimizers (``torch.optim.Optimizer`` for JAX arrays).
+
+    A subclass names its :class:`~functorch_optim.algorithms.base.Algorithm` in the
+    class attribute ``algorithm``; :func:`optimizer_class` makes one per algorithm.
+    ``step`` may be overridden (L-BFGS); the step hooks wrap every subclass's
+    ``step`` automatically, as torch patches them.
+
+    Args:
+      params: a pytree of arrays (dict/list/tuple/registered dataclass), a list of
+        ``(name, array)`` pairs, or a list of group dicts ``{'params': <pytree or
+        pairs>, <option>: value, ...}``.
+      defaults: the validated constructor options, filled into every group.
+    """
+
+    algorithm: ClassVar[Algorithm | None] = None
+    # torch's Adagrad creates its state in the constructor, not at the first step.
+    state_at_construction: ClassVar[bool] = False
+    # torch keeps 'step' as a float32 tensor, except SparseAdam (a Python int).
+    step_is_tensor: ClassVar[bool] = True
+    # check_params(list of each group's param leaves): the algorithm's constructor
+    # checks on the params themselves (SparseAdam: dense, real params only).
+    check_params: ClassVar[Callable[[list], None] | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is not None and not getattr(step, "hooked", False):
+            cls.step = _with_step_hooks(step)
+
+    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
+        self.defaults = dict(defaults)
+        # torch's `if x != 0` branches are on options that are off (0) by default:
+        # weight decay, momentum, dampening. Only their zeros are static; a zero lr
+        # (a schedule's end) is traced like any float and does not recompile.
+        self._static_zero = frozenset(
+            name for name, default in self.algorithm.defaults.items()
+            if isinstance(default, (int, float)) and not isinstance(default, bool)
+            and default == 0
+        )
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._in_step = False
+        if _is_array(params):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of "
+                "Tensors or dicts, but got " + _typename(params)
+            )
+        self.param_groups: list[dict[str, Any]] = []
+        # Per group, parallel to param_groups: how its params were given (treedef),
+        # each leaf's state (None until torch would create it), stored grads, and
+        # the static options its states were last completed for.
+        self._treedefs: list[Any] = []
+        self._states: list[list[dict | None]] = []
+        self._grads: list[list[Any]] = []
+        self._static_seen: list[Any] = []
+        if isinstance(params, Iterator):
+            params = list(params)
+        self._given_as_groups = _is_group_list(params)
+        if self._given_as_groups:
+            for group in params:
+                self.add_param_group(group)
+        else:
+            if not jax.tree.leaves(params):
+                raise ValueError("optimizer got an empty parameter list")
+            self.add_param_group({"params": params})
+        if self.check_params is not None:
+            self.check_params([group["params"] for group in self.param_groups])
+        if self.state_at_construction:
+            for g, group in enumerate(self.param_groups):
+                options = self._group_options(group)
+                self._states[g] = [
+                    self._new_state(p, options) for p in group["params"]
+                ]
+
+    # -- groups ------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, filling missing options from ``defaults`` (torch's checks)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        given = param_group["params"]
+        if isinstance(given, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, "
+                "but the ordering of tensors in sets will change between runs. "
+                "Please use a list instead."
+            )
+        if isinstance(given, Iterator):
+            given = list(given)
+        names = None
+        if isinstance(given, (list, tuple)) and any(_is_named(p) for p in given):
+            if not all(_is_named(p) for p in given):
+                raise ValueError(
+                    "all optimizer params should be with/without names. Some param "
+                    "names are missing"
+                )
+            names = [name for name, _ in given]
+            given = [p for _, p in given]
+        originals, treedef = jax.tree.flatten(given)
+        for p in originals:
+            if not _is_array(p):
+                raise TypeError(
+                    "optimizer can only optimize Tensors, but one of the params is "
+                    + _typename(p)
+                )
+        group = dict(param_group)
+        group["params"] = self._own_leaves(originals)
+        if names is not None:
+            group["param_names"] = names
+        for name, default in self.defaults.items():
+            group.setdefault(name, default)
+        self._validate_options(group)
+        self._check_initializable(group)
+
+        for other in self.param_groups:
+            if ("param_names" in group) != ("param_names" in other):
+                current = "with names" if "param_names" in group else "without names"
+                raise ValueError(
+                    "all optimizer param groups should be with/without names. "
+                    f"cannot add param group {current} to the optimizer"
+                )
+        taken = {id(p) for other in self.param_groups for p in other["params"]}
+        if any(id(p) in taken for p in originals):
+            raise ValueError("some parameters appear in more than one parameter group")
+
+        self.param_groups.append(group)
+        self._treedefs.append(treedef)
+        self._states.append([None] * len(originals))
+        self._grads.append([None] * len(originals))
+        self._static_seen.append(None)
+
+    @staticmethod
+    def _own_leaves(originals: list) -> list:
+        """JAX arrays for the given leaves; a repeated array is copied, since a step
+        donates every leaf and XLA cannot donate one buffer twice."""
+        seen: set[int] = set()
+        leaves = []
+        for p in originals:
+            if id(p) in seen:
+                warnings.warn(
+                    "optimizer contains a parameter group with duplicate parameters; "
+                    "in future, this will cause an error; see "
+                    "github.com/pytorch/pytorch/issues/40967 for more information",
+                    stacklevel=4,
+                )
+                leaves.append(jnp.array(p, copy=True))
+            else:
+                leaves.append(interop.to_jax(p))
+            seen.add(id(p))
+        return leaves
+
+    def _check_initializable(self, group: Mapping[str, Any]) -> None:
+        """Raise now the error the algorithm's state initialization would raise for
+        a param (torch's Muon rejects non-2-D params in its constructor), tracing
+        it abstractly once per shape and dtype."""
+        options = self._group_options(group)
+        for shape, dtype in {(p.shape, p.dtype) for p in group["params"]}:
+            jax.eval_shape(
+                lambda p: init_leaf(self.algorithm, p, options),
+                jax.ShapeDtypeStruct(shape, dtype),
+            )
+
+    def _group_options(self, group: Mapping[str, Any]) -> Options:
+        return Options({name: group[name] for name in self.defaults})
+
+    def _validate_options(self, group: Mapping[str, Any]) -> None:
+        options = self._group_options(group)
+        check_scalar_lr(options.get("lr"))
+        self.algorithm.validate(options)
+
+    # -- params and grads as given -------------------------------------------------
+
+    def _assemble(self, g: int, leaves: list) -> Any:
+        tree = jax.tree.unflatten(self._treedefs[g], leaves)
+        names = self.param_groups[g].get("param_names")
+        if names is not None:
+            return list(zip(names, tree, strict=True))
+        return tree
+
+    def _as_given(self, per_group: list) -> Any:
+        if self._given_as_groups or len(self.param_groups) > 1:
+            return per_group
+        return per_group[0]
+
+    @property
+    def params(self) -> Any:
+        """The current parameters, in the structure they were given.
+
+        One pytree (or list of ``(name, array)`` pairs) when constructed from one;
+        a list with one entry per group for group dicts or after
+        :meth:`add_param_group`.
+        """
+        return self._as_given(
+            [self._assemble(g, list(group["params"]))
+             for g, group in enumerate(self.param_groups)]
+        )
+
+    @property
+    def grads(self) -> Any:
+        """The stored gradients, shaped like :attr:`params`; ``None`` = no gradient."""
+        return self._as_given(
+            [self._assemble(g, list(grads)) for g, grads in enumerate(self._grads)]
+        )
+
+    @grads.setter
+    def grads(self, grads: Any) -> None:
+        self._grads = self._flatten_grads(grads)
+
+    def accumulate_grad(self, grads: Any) -> None:
+        """Add ``grads`` to the stored gradients, as torch's ``backward`` accumulates
+        into ``.grad``; a ``None`` stored gradient takes the new one as it is."""
+        new = self._flatten_grads(grads)
+        self._grads = [
+            [b if a is None else a if b is None else a + b for a, b in zip(old, add)]
+            for old, add in zip(self._grads, new)
+        ]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the stored gradients, as torch's ``zero_grad``.
+
+        With ``set_to_none`` (the default) every gradient becomes ``None`` and the
+        next step skips all parameters; otherwise existing gradients become zeros and
+        their parameters are still stepped (weight decay, momentum, ... still act).
+        """
+        self._grads = [
+            [None if g is None or set_to_none else _zeros_like(g) for g in grads]
+            for grads in self._grads
+        ]
+
+    def _flatten_grads(self, grads: Any) -> list[list]:
+        if grads is None:
+            return [[None] * len(g["params"]) for g in self.param_groups]
+        per_group = [grads] if not (
+            self._given_as_groups or len(self.param_groups) > 1
+        ) else list(grads)
+        if len(per_group) != len(self.param_groups):
+            raise ValueError(
+                f"grads has {len(per_group)} groups, the optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        return [
+            self._flatten_group_grads(g, group_grads)
+            for g, group_grads in enumerate(per_group)
+        ]
+
+    def _flatten_group_grads(self, g: int, grads: Any) -> list:
+        params = self.param_groups[g]["params"]
+        if grads is None:
+            return [None] * len(params)
+        names = self.param_groups[g].get("param_names")
+        if names is not None and isinstance(grads, (list, tuple)) and all(
+            _is_named(item) for item in grads
+        ):
+            if [name for name, _ in grads] != list(names):
+                raise ValueError(
+                    f"grads of group {g} are named {[n for n, _ in grads]}, the "
+                    f"params {list(names)}"
+                )
+            grads = [grad for _, grad in grads]
+        treedef = self._treedefs[g]
+        try:
+            leaves = treedef.flatten_up_to(grads)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"grads of group {g} must have the structure of its params {treedef}"
+            ) from e
+        return [self._checked_grad(p, grad) for p, grad in zip(params, leaves)]
+
+    @staticmethod
+    def _checked_grad(param: jax.Array, grad: Any) -> Any:
+        if grad is None:
+            return None
+        if not isinstance(grad, jax.Array):
+            grad = interop.to_jax(grad)
+        if grad.shape != param.shape:
+            raise RuntimeError("assigned grad has data of a different size")
+        if grad.dtype != param.dtype:
+            if jnp.iscomplexobj(grad) and not jnp.iscomplexobj(param):
+                raise RuntimeError("assigned grad has data of a different type")
+            grad = grad.astype(param.dtype)
+        return grad
+
+    # -- step --------------------------------------------------------------------
+
+    def step(self, grads_or_closure: Any = None, *, closure=None, grads=None):
+        """One optimization step for every parameter that has a gradient.
+
+        Args:
+          grads_or_closure: new gradients shaped like :attr:`params` (stored, as
+            torch keeps ``.grad``; a ``None`` leaf skips its parameter: no state is
+            created or advanced), or a closure ``closure(params) -> loss`` that the
+            facade differentiates with ``jax.value_and_grad`` (its gradients replace
+            the stored ones). Without an argument the stored gradients are used.
+          closure, grads: the same by keyword.
+
+        Returns:
+          The closure's loss, else None.
+        """
+        given = [x for x in (grads_or_closure, closure, grads) if x is not None]
+        if len(given) > 1:
+            raise TypeError("step takes one of grads or closure")
+        loss = None
+        if given and callable(given[0]):
+            loss, computed = self._value_and_grad(given[0])
+            self._grads = [
+                [self._checked_grad(p, g) for p, g in zip(group["params"], gs)]
+                for group, gs in zip(self.param_groups, computed)
+            ]
+        elif given:
+            self.grads = given[0]
+        self._apply_grads()
+        return loss
+
+    def _value_and_grad(self, closure: Callable) -> tuple[Any, list[list]]:
+        """Loss and torch-convention gradients of ``closure(params)``.
+
+        JAX's gradient of a real function of a complex input is the conjugate of
+        torch's, so complex leaves are conjugated.
+        """
+
+        def loss_of(leaves):
+            return closure(
+                self._as_given([self._assemble(g, ls) for g, ls in enumerate(leaves)])
+            )
+
+        leaves = [list(group["params"]) for group in self.param_groups]
+        loss, grads = jax.value_and_grad(loss_of)(leaves)
+        grads = jax.tree.map(lambda g: jnp.conj(g) if jnp.iscomplexobj(g) else g, grads)
+        return loss, grads
+
+    def _apply_grads(self) -> None:
+        """Step the stored gradients' params through the one compiled step."""
+        algorithm = self.algorithm
+        spec, params, grads, states, traced, where = [], [], [], [], [], []
+        for g, group in enumerate(self.param_groups):
+            stepped = [i for i, grad in enumerate(self._grads[g]) if grad is not None]
+            if not stepped:
+                continue
+            options = self._group_options(group)
+            values: list = []
+            static = tuple(
+                (name, _split_option(value, values, name in self._static_zero))
+                for name, value in options.items()
+            )
+            self._prepare_states(g, stepped, options, static)
+            leaves, leaf_states = group["params"], self._states[g]
+            leaf_grads = self._grads[g]
+            spec.append((algorithm, static))
+            params.append([leaves[i] for i in stepped])
+            grads.append([leaf_grads[i] for i in stepped])
+            states.append([leaf_states[i] for i in stepped])
+            traced.append(values)
+            where.append((g, stepped))
+        if not spec:
+            return
+        new_params, new_states = _fused_step(tuple(spec), params, grads, states, traced)
+        for (g, stepped), group_params, group_states in zip(
+            where, new_params, new_states
+        ):
+            leaves, leaf_states = self.param_groups[g]["params"], self._states[g]
+            for k, i in enumerate(stepped):
+                leaves[i] = group_params[k]
+                leaf_states[i] = group_states[k]
+
+    def _prepare_states(self, g: int, stepped: list, options: Options, static) -> None:
+        """Create state torch would create now; complete states whose options changed.
+
+        When a group's static options change (momentum from 0 to nonzero, amsgrad
+        switched on), entries the rule now needs are created as at initialization.
+        """
+        leaves, states = self.param_groups[g]["params"], self._states[g]
+        changed = self._static_seen[g] != static
+        for i in stepped:
+            if states[i] is None:
+                states[i] = self._new_state(leaves[i], options)
+            elif changed and any(v is None for v in states[i].values()):
+                fresh = self._new_state(leaves[i], options)
+                states[i] = {
+                    k: fresh.get(k) if v is None else v for k, v in states[i].items()
+                }
+        self._static_seen[g] = static
+
+    def _new_state(self, param: jax.Array, options: Options) -> dict:
+        state = init_leaf(self.algorithm, param, options)
+        # Every state buffer is donated: none may alias the param or another entry.
+        seen = {id(param)}
+        for k, v in state.items():
+            if v is not None:
+                if id(v) in seen:
+                    state[k] = jnp.array(v, copy=True)
+                seen.add(id(state[k]))
+        return state
+
+    # -- state -----------------------------------------------------------------------
+
+    def _torch_state(self, state: dict | None) -> dict:
+        """One leaf's state as torch keeps it: its names, 'step' as float32."""
+        if state is None:
+            return {}
+        out = {}
+        for name in self.algorithm.state_names:
+            if name == STEP and self.step_is_tensor:
+                out[STEP] = jnp.asarray(state[STEP], jnp.float32)
+            elif name == STEP:
+                out[STEP] = int(state[STEP])
+            elif state.get(name) is not None:
+                out[name] = state[name]
+        return out
+
+    @property
+    def state(self) -> dict:
+        """Per-parameter state under torch's names, for the params torch has state
+        for, keyed by the parameter's index (or the parameter array itself)."""
+        items = {}
+        leaves = []
+        for g, group in enumerate(self.param_groups):
+            for i, state in enumerate(self._states[g]):
+                view = self._torch_state(state)
+                if view:
+                    items[len(leaves) + i] = view
+            leaves.extend(group["params"])
+        return _StateView(items, leaves)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in torch's format.
+
+        ``{'state': {index: {name: array}}, 'param_groups': [{<options>,
+        'param_names': [...] (when named), 'params': [indices]}]}``. The arrays are
+        copies: later steps donate the optimizer's own buffers.
+        """
+        for pre_hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
+            pre_hook(self)
+        groups, state, start = [], {}, 0
+        for g, group in enumerate(self.param_groups):
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, start + len(group["params"])))
+            groups.append(packed)
+            for i, leaf_state in enumerate(self._states[g]):
+                view = self._torch_state(leaf_state)
+                if view:
+                    state[start + i] = {
+                        k: jnp.array(v, copy=True) if isinstance(v, jax.Array) else v
+                        for k, v in view.items()
+                    }
+            start += len(group["params"])
+        state_dict = {"state": state, "param_groups": groups}
+        for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state dict of :meth:`state_dict`'s format.
+
+        Accepts this optimizer's own state dicts, a ``torch.optim`` state dict of the
+        same algorithm (torch tensors), or either with NumPy arrays. Group count and
+        sizes are checked with torch's messages; options are validated; every state
+        entry is checked (names, shape, dtype) and cast like torch (floating state to
+        the parameter's dtype, ``step`` to a count). Everything is checked before
+        anything changes: on an error the optimizer is left exactly as it was.
+        """
+        state_dict = dict(state_dict)
+        for pre_hook in tuple(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        groups = self.param_groups
+        if len(groups) != len(saved_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups"
+            )
+        if any(
+            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)
+        ):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the "
+                "size of optimizer's group"
+            )
+        new_groups = [
+            self._loaded_group(g, group, saved)
+            for g, (group, saved) in enumerate(zip(groups, saved_groups))
+        ]
+        known = {pid for saved in saved_groups for pid in saved["params"]}
+        for pid in saved_state:
+            if pid not in known:
+                raise ValueError(
+                    f"loaded state dict has state for parameter id {pid!r}, which no "
+                    "parameter group lists"
+                )
+        new_states = []
+        for group, saved in zip(new_groups, saved_groups):
+            options = self._group_options(group)
+            new_states.append([
+                self._loaded_state(pid, p, options, saved_state.get(pid))
+                for pid, p in zip(saved["params"], group["params"])
+            ])
+        self.param_groups = new_groups
+        self._states = new_states
+        self._static_seen = [None] * len(new_groups)
+        for post_hook in tuple(self._optimizer_load_state_dict_post_hooks.values()):
+            post_hook(self)
+
+    def _loaded_group(self, g: int, group: dict, saved: Mapping) -> dict:
+        new = {k: interop.to_jax(v) for k, v in saved.items() if k != "params"}
+        new["params"] = group["params"]
+        if "param_names" in group and "param_names" not in new:
+            new["param_names"] = group["param_names"]
+        # Flags added to torch after a state dict was saved default as in torch's
+        # __setstate__; a missing numeric hyperparameter is another optimizer's group.
+        missing = [k for k in self.defaults if k not in new]
+        for name in missing:
+            default = self.defaults[name]
+            if isinstance(default, bool) or default is None:
+                new[name] = default
+        missing = [k for k in self.defaults if k not in new]
+        if missing:
+            raise ValueError(
+                f"loaded state dict's parameter group {g} has no {missing}: it is not "
+                f"a {type(self).__name__} state dict"
+            )
+        self._validate_options(new)
+        return new
+
+    def _loaded_state(
+        self, pid: Any, param: jax.Array, options: Options, saved: Any
+    ) -> dict | None:
+        """The internal state of one leaf from its saved torch-format state."""
+        if saved is None or len(saved) == 0:
+            return None
+        if not isinstance(saved, Mapping):
+            raise ValueError(
+                f"loaded state of parameter {pid} must be a dict, got "
+                + _typename(saved)
+            )
+        algorithm, names = self.algorithm, self.algorithm.state_names
+        unknown = [k for k in saved if k not in names]
+        if unknown:
+            raise ValueError(
+                f"loaded state of parameter {pid} has {unknown}, which "
+                f"{algorithm.name} does not keep (its state: {list(names)})"
+            )
+        template = jax.eval_shape(lambda p: init_leaf(algorithm, p, options), param)
+        state: dict[str, Any] = {}
+        fresh = None
+        for name in dict.fromkeys([*template, *names]):
+            expected = template.get(name)
+            if name == STEP and STEP in saved:
+                state[STEP] = _loaded_step(pid, saved[STEP])
+            elif name == STEP and STEP not in names:
+                # torch keeps no count here; the state exists, so it is not step 1.
+                state[STEP] = jnp.ones((), jnp.int32)
+            elif name in saved:
+                shape = param.shape if expected is None else expected.shape
+                dtype = param.dtype if expected is None else expected.dtype
+                state[name] = _loaded_array(pid, name, saved[name], shape, dtype)
+            elif expected is None:
+                state[name] = None
+            elif name in names:
+                _missing(pid, name, names)
+            else:  # internal entry torch does not keep: as at initialization
+                fresh = fresh or self._new_state(param, options)
+                state[name] = fresh[name]
+        return state
+
+    # -- hooks -------------------------------------------------------------------
+
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None | (new_args, new_kwargs)`` before
+        ``step``; ``args`` starts with the optimizer, as in torch."""
+        return _register(self._optimizer_step_pre_hooks, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None`` after ``step``."""
+        return _register(self._optimizer_step_post_hooks, hook)
+
+    def register_state_dict_pre_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> RemovableHandle:
+        """``hook(optimizer) -> None`` before :meth:`state_dict` builds the dict."""
+        return _register(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> None | new state_dict`` after it."""
+        return _register(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> None | new state_dict`` before loading;
+        it gets a shallow copy of the dict passed to :meth:`load_state_dict`."""
+        return _register(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(
+        self, hook: Callable, prepend: bool = False
+    ) -> RemovableHandle:
+        """``hook(optimizer) -> None`` after :meth:`load_state_dict`."""
+        return _register(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
+    def __repr__(self) -> str:
+        text = type(self).__name__ + " ("
+        for i, group in enumerate(self.param_groups):
+            text += f"\nParameter Group {i}\n"
+            for key in sorted(group):
+                if key != "params":
+                    text += f"    {key}: {group[key]}\n"
+        return text + ")"
+
+
+Optimizer.step = _with_step_hooks(Optimizer.step)
+
+
+def _zeros_like(grad: Any) -> Any:
+    # A sparse (BCOO) gradient keeps its pattern with zero values.
+    return jnp.zeros_like(grad) if isinstance(grad, jax.Array) else grad * 0
+
+
+def _missing(pid: Any, name: str, names: tuple) -> None:
+    raise ValueError(
+        f"loaded state of parameter {pid} has no {name!r} (expected {list(names)})"
+    )
+
+
+def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
+    """A saved state entry as a fresh array of ``dtype`` (torch's cast), checked."""
+    where = f"loaded state {name!r} of parameter {pid}"
+    if not _is_array(value) and not isinstance(value, (int, float, complex)):
+        raise ValueError(f"{where} must be an array, got {_typename(value)}")
+    array = np.asarray(interop.to_numpy(value))
+    if not jnp.issubdtype(array.dtype, jnp.number):
+        raise ValueError(f"{where} has dtype {array.dtype}, not a number")
+    if jnp.iscomplexobj(array) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(f"{where} is complex ({array.dtype}); the state is {dtype}")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{where} has shape {array.shape}, expected {tuple(shape)}")
+    return jnp.array(array, dtype=dtype, copy=True)
+
+
+def _loaded_step(pid: Any, value: Any) -> jax.Array:
+    """torch keeps 'step' as a float tensor; the facade counts in int32."""
+    where = f"loaded state 'step' of parameter {pid}"
+    if not _is_array(value) and not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {_typename(value)}")
+    array = np.asarray(interop.to_numpy(value))
+    if array.size != 1 or not jnp.issubdtype(array.dtype, jnp.number) or (
+        jnp.iscomplexobj(array)
+    ):
+        raise ValueError(f"{where} must be one real number, got {array!r}")
+    count = float(array.reshape(()))
+    if not (count >= 0 and count == int(count) and count < 2**31):
+        raise ValueError(f"{where} must be a count (a whole number >= 0), got {count}")
+    return jnp.asarray(int(count), jnp.int32)
+
+
+# --- one class per algorithm ----------------------------------------------------
+
+
+def optimizer_class(
+    algorithm: Algorithm,
+    *,
+    state_at_construction: bool = False,
+    check_params: Callable[[list], None] | None = None,
+    step_is_tensor: bool = True,
+):
+    """The torch-named :class:`Optimizer` subclass running ``algorithm``.
+
+    Its constructor is ``(params, <the functional's signature>)``: torch's keyword
+    names, order, keyword-only markers and defaults, taken from
+    ``algorithm.functional`` so they are written once. ``state_at_construction``,
+    ``check_params`` and ``step_is_tensor`` are described on :class:`Optimizer`.
+    """
+    signature = inspect.signature(algorithm.functional)
+
+    def __init__(self, params, *args, **kwargs):
+        given = signature.bind(*args, **kwargs).arguments
+        Optimizer.__init__(self, params, algorithm.options(given))
+
+    params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = signature.replace(
+        parameters=[self_, params, *signature.parameters.values()],
+        return_annotation=None,
+    )
+    functional = algorithm.functional.__name__
+    doc = (
+        f"``torch.optim.{algorithm.name}`` over JAX arrays: the stateful form of "
+        f":func:`functorch_optim.{functional}` (see :class:`Optimizer`).\n\n"
+        f"    Example:\n"
+        f"      >>> opt = fo.{algorithm.name}(params)\n"
+        f"      >>> opt.step(jax.grad(loss)(opt.params))\n\n"
+        f"    The algorithm, as ``fo.{functional}`` documents it:\n\n    "
+        + inspect.getdoc(algorithm.functional).replace("\n", "\n    ")
+    )
+    return type(
+        algorithm.name,
+        (Optimizer,),
+        {
+            "__init__": __init__,
+            "__doc__": doc,
+            "__module__": "functorch_optim",
+            "algorithm": algorithm,
+            "state_at_construction": state_at_construction,
+            "check_params": staticmethod(check_params) if check_params else None,
+            "step_is_tensor": step_is_tensor,
+        },
+    )
+
+
+ASGD = optimizer_class(asgd.ASGD)
+Adadelta = optimizer_class(adadelta.ADADELTA)
+Adafactor = optimizer_class(adafactor.ADAFACTOR)
+Adagrad = optimizer_class(adagrad.ADAGRAD, state_at_construction=True)
+Adam = optimizer_class(adam.ADAM)
+AdamW = optimizer_class(adam.ADAMW)
+Adamax = optimizer_class(adamax.ADAMAX)
+Muon = optimizer_class(muon.MUON)
+NAdam = optimizer_class(nadam.NADAM)
+RAdam = optimizer_class(radam.RADAM)
+RMSprop = optimizer_class(rmsprop.RMSPROP)
+Rprop = optimizer_class(rprop.RPROP)
+SGD = optimizer_class(sgd.SGD)
+SparseAdam = optimizer_class(
+    sparse_adam.SPARSE_ADAM, check_params=sparse_adam.check_params, step_is_tensor=False
+)
+
+__all__ = [
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "RemovableHandle",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "compile_count",
+    "optimizer_class",
+    "register_optimizer_step_post_hook",
+    "register_optimizer_step_pre_hook",
+]
+
