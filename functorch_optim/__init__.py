@@ -4,21 +4,126 @@ Functional (optax-style) transformations have lowercase names (``fo.adam``); the
 torch-style stateful optimizers have torch's class names (``fo.Adam``).
 """
 
+from .algorithms.adadelta import adadelta
+from .algorithms.adafactor import adafactor
+from .algorithms.adagrad import adagrad
 from .algorithms.adam import adam, adamw
+from .algorithms.adamax import adamax
+from .algorithms.asgd import asgd
+from .algorithms.muon import muon
+from .algorithms.nadam import nadam
+from .algorithms.radam import radam
+from .algorithms.rmsprop import rmsprop
+from .algorithms.rprop import rprop
 from .algorithms.sgd import sgd
+from .algorithms.sparse_adam import sparse_adam
 from .clipping import clip_grad_norm, clip_grad_value, global_norm
 from .core import GradientTransformation, apply_updates, chain
+from .lbfgs import LBFGS, lbfgs
+from . import lr_scheduler, schedules
+from .schedules import (
+    chained_lr,
+    constant_lr,
+    cosine_annealing_lr,
+    cosine_annealing_warm_restarts,
+    cyclic_lr,
+    cyclic_momentum,
+    exponential_lr,
+    lambda_lr,
+    linear_lr,
+    multi_step_lr,
+    multiplicative_lr,
+    one_cycle_lr,
+    one_cycle_momentum,
+    polynomial_lr,
+    reduce_on_plateau,
+    sequential_lr,
+    step_lr,
+)
+from . import interop
+from .facade import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Muon,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RMSprop,
+    Rprop,
+    SparseAdam,
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # torch-style facade (functorch_optim.facade) and torch interop
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "interop",
+    "register_optimizer_step_post_hook",
+    "register_optimizer_step_pre_hook",
+    # functional
     "GradientTransformation",
+    "adadelta",
+    "adagrad",
     "adam",
     "adamw",
+    "adamax",
+    "asgd",
+    "nadam",
+    "radam",
     "apply_updates",
     "chain",
     "clip_grad_norm",
     "clip_grad_value",
     "global_norm",
+    "LBFGS",
+    "lbfgs",
     "sgd",
+    "adafactor",
+    "muon",
+    "rmsprop",
+    "rprop",
+    "sparse_adam",
+    # learning-rate schedulers (torch-style) and schedules (functional)
+    "lr_scheduler",
+    "schedules",
+    "chained_lr",
+    "constant_lr",
+    "cosine_annealing_lr",
+    "cosine_annealing_warm_restarts",
+    "cyclic_lr",
+    "cyclic_momentum",
+    "exponential_lr",
+    "lambda_lr",
+    "linear_lr",
+    "multi_step_lr",
+    "multiplicative_lr",
+    "one_cycle_lr",
+    "one_cycle_momentum",
+    "polynomial_lr",
+    "reduce_on_plateau",
+    "sequential_lr",
+    "step_lr",
 ]

@@ -16,14 +16,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import packing
 from .algorithms.base import Algorithm, Options, to_complex, to_real
 
 STEP = "step"
 
 
 def evaluate_schedules(options: Options, count: Any) -> Options:
-    """Replace every schedule (a callable option) by its value at ``count``."""
-    return Options({k: v(count) if callable(v) else v for k, v in options.items()})
+    """Replace every schedule (a callable option, also inside a tuple such as
+    ``betas``) by its value at ``count``."""
+
+    def evaluate(value):
+        if callable(value):
+            return value(count)
+        if isinstance(value, tuple):
+            return tuple(evaluate(v) for v in value)
+        return value
+
+    return Options({k: evaluate(v) for k, v in options.items()})
 
 
 def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
@@ -74,7 +84,20 @@ def step_leaves(
     states: Sequence[dict],
     options: Options,
 ) -> tuple[list[Any], list[dict]]:
-    """Step a list of leaves sharing one set of options (one param group)."""
+    """Step a list of leaves sharing one set of options (one param group).
+
+    With ``packing.ENABLED``, elementwise algorithms step buckets of small
+    same-shape leaves as one stacked array (:mod:`functorch_optim.packing`): the
+    same rule, the same numerics, one kernel instead of one per leaf.
+    """
+    if algorithm.elementwise and packing.ENABLED:
+        return packing.step_packed(
+            lambda p, g, s, o: step_leaf(algorithm, p, g, s, o),
+            params,
+            grads,
+            states,
+            options,
+        )
     results = [
         step_leaf(algorithm, p, g, s, options)
         for p, g, s in zip(params, grads, states, strict=True)

@@ -172,3 +172,27 @@ def test_update_without_params():
     decayed = fo.adamw(lr=0.1)
     with pytest.raises(ValueError, match="needs params"):
         decayed.update(grads, decayed.init(params))
+
+
+def test_betas_as_schedules():
+    """Schedules inside a tuple option are evaluated too (cycled betas)."""
+    beta1 = lambda count: 0.9 - 0.1 * (count % 2)  # noqa: E731
+    tx = fo.adam(lr=0.1, betas=(beta1, lambda count: 0.999))
+    params = random_arrays(0, SHAPES, "float64")
+    grads = grad_sequence(STEPS, SHAPES, "float64")
+
+    def make_torch(ps):
+        opt = torch.optim.Adam(ps, lr=0.1)
+        original_step = opt.step
+
+        def step():
+            original_step()
+            b1 = 0.8 if opt.param_groups[0]["betas"][0] == 0.9 else 0.9
+            opt.param_groups[0]["betas"] = (b1, 0.999)
+
+        opt.step = step
+        return opt
+
+    expected = torch_trajectory(make_torch, params, grads, "float64")
+    actual = functional_trajectory(tx, params, grads, "float64")
+    assert_trajectories_close(actual, expected, "float64")
