@@ -6,7 +6,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, check_fused_flags, lerp, nonzero, require
+from .base import Algorithm, Options, add, addcdiv, check_fused_flags, require
+from .common import adam_moments, apply_weight_decay, check_foreach_differentiable, div
 
 
 def _is_tensor_like(x) -> bool:
@@ -46,6 +47,7 @@ def _validate(o: Options) -> None:
             if beta.size != 1:
                 raise ValueError(f"Tensor betas[{index}] must be 1-element")
     check_fused_flags(o)
+    check_foreach_differentiable(o)
 
 
 def _init(param, o: Options) -> dict:
@@ -58,21 +60,14 @@ def _init(param, o: Options) -> dict:
 
 def _step(param, grad, state, o: Options):
     beta1, beta2 = o.betas
-    lr, eps, weight_decay = o.lr, o.eps, o.weight_decay
     step = state["step"] + 1
     grad = -grad if o.maximize else grad
-    if nonzero(weight_decay):
-        if o.decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
-        else:
-            grad = grad + weight_decay * param
-
-    exp_avg = lerp(state["exp_avg"], grad, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+    param, grad = apply_weight_decay(param, grad, o)
+    exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
 
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
+    step_size = o.lr / bias_correction1
     bias_correction2_sqrt = bias_correction2**0.5
 
     max_exp_avg_sq = state["max_exp_avg_sq"]
@@ -81,8 +76,8 @@ def _step(param, grad, state, o: Options):
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
-    denom = jnp.sqrt(second_moment) / bias_correction2_sqrt + eps
-    new_param = param + (-step_size) * exp_avg / denom
+    denom = add(div(jnp.sqrt(second_moment), bias_correction2_sqrt), o.eps)
+    new_param = addcdiv(param, exp_avg, denom, -step_size)
     return new_param, {
         "step": step,
         "exp_avg": exp_avg,
