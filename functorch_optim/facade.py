@@ -281,6 +281,10 @@ class _StateView(dict):
 # --- the optimizer --------------------------------------------------------------
 
 
+def _copy(x: Any) -> Any:
+    return jnp.array(x, copy=True) if isinstance(x, jax.Array) else x
+
+
 class Optimizer:
     """Base of the torch-style optimizers (``torch.optim.Optimizer`` for JAX arrays).
 
@@ -726,10 +730,9 @@ class Optimizer:
             for i, leaf_state in enumerate(self._states[g]):
                 view = self._torch_state(leaf_state)
                 if view:
-                    state[start + i] = {
-                        k: jnp.array(v, copy=True) if isinstance(v, jax.Array) else v
-                        for k, v in view.items()
-                    }
+                    # copies (later steps donate the optimizer's own buffers), per
+                    # entry so torch's key order is kept
+                    state[start + i] = {k: jax.tree.map(_copy, v) for k, v in view.items()}
             start += len(group["params"])
         state_dict = {"state": state, "param_groups": groups}
         for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):

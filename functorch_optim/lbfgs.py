@@ -923,26 +923,6 @@ class LBFGS(Optimizer):
             return {}
         return interop.to_jax(to_torch_layout(state))
 
-    def state_dict(self) -> dict:
-        """torch's LBFGS state dict: the state under the first parameter's index.
-
-        The state holds lists and Python numbers (torch's layout), which is why
-        this does not reuse the base's per-entry array copies.
-        """
-        for pre_hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
-            pre_hook(self)
-        group = self.param_groups[0]
-        packed = {k: v for k, v in group.items() if k != "params"}
-        packed["params"] = list(range(len(group["params"])))
-        # to_torch_layout copies every array out of the (donated) buffers
-        view = self._torch_state(self._states[0][0])
-        state_dict = {"state": {0: view} if view else {}, "param_groups": [packed]}
-        for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):
-            result = post_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
-
     def _loaded_state(self, pid, param, options, saved):
         if saved is None or len(saved) == 0:
             return None
