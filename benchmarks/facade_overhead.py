@@ -102,21 +102,29 @@ def main() -> None:
     cls = getattr(fo, args.optimizer)
     functional = cls.algorithm.functional
     options = {"lr": 1e-3}
-    print(f"{args.optimizer}, float32, 150 leaves, median of {args.repeats} steps "
-          f"({jax.devices()[0].platform}, jax {jax.__version__})")
-    print(f"{'d':>5} {'params':>10} {'functional ms':>14} {'facade ms':>10} "
-          f"{'overhead ms':>12} {'ratio':>6}")
+    print(
+        f"{args.optimizer}, float32, 150 leaves, median of {args.repeats} steps "
+        f"({jax.devices()[0].platform}, jax {jax.__version__})"
+    )
+    print(
+        f"{'d':>5} {'params':>10} {'functional ms':>14} {'facade ms':>10} "
+        f"{'overhead ms':>12} {'ratio':>6}"
+    )
     for d in args.widths:
         shapes = gpt_shapes(d)
         grads = arrays(shapes, 1)
         size = sum(int(np.prod(s)) for s in shapes.values())
         base, ours = median_ms(
-            [functional_step(functional, shapes, grads, options),
-             facade_step(cls, shapes, grads, options)],
+            [
+                functional_step(functional, shapes, grads, options),
+                facade_step(cls, shapes, grads, options),
+            ],
             args.repeats,
         )
-        print(f"{d:>5} {size / 1e6:>9.2f}M {base:>14.3f} {ours:>10.3f} "
-              f"{ours - base:>12.3f} {ours / base:>6.2f}")
+        print(
+            f"{d:>5} {size / 1e6:>9.2f}M {base:>14.3f} {ours:>10.3f} "
+            f"{ours - base:>12.3f} {ours / base:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,18 @@ def transformer() -> dict[str, tuple]:
     shapes = {"wte": (vocab, d), "wpe": (context, d)}
     for layer in range(12):
         for name, shape in {
-            "ln1_w": (d,), "ln1_b": (d,), "qkv_w": (d, 3 * d), "qkv_b": (3 * d,),
-            "proj_w": (d, d), "proj_b": (d,), "ln2_w": (d,), "ln2_b": (d,),
-            "fc1_w": (d, 4 * d), "fc1_b": (4 * d,), "fc2_w": (4 * d, d), "fc2_b": (d,),
+            "ln1_w": (d,),
+            "ln1_b": (d,),
+            "qkv_w": (d, 3 * d),
+            "qkv_b": (3 * d,),
+            "proj_w": (d, d),
+            "proj_b": (d,),
+            "ln2_w": (d,),
+            "ln2_b": (d,),
+            "fc1_w": (d, 4 * d),
+            "fc1_b": (4 * d,),
+            "fc2_w": (4 * d, d),
+            "fc2_b": (d,),
         }.items():
             shapes[f"h{layer:02d}_{name}"] = shape
     shapes |= {"lnf_w": (d,), "lnf_b": (d,), "head_w": (d, vocab), "head_b": (vocab,)}
@@ -96,17 +105,32 @@ class Spec:
 
 
 OPTIMIZERS = {
-    "adam": Spec(fo.adam, "Adam", torch.optim.Adam, lambda: optax.adam(1e-3),
-                 {"lr": 1e-3}),
-    "adamw": Spec(fo.adamw, "AdamW", torch.optim.AdamW,
-                  lambda: optax.adamw(1e-3, weight_decay=1e-2),
-                  {"lr": 1e-3, "weight_decay": 1e-2}),
-    "sgd_momentum": Spec(fo.sgd, "SGD", torch.optim.SGD,
-                         lambda: optax.sgd(1e-3, momentum=0.9),
-                         {"lr": 1e-3, "momentum": 0.9}, state_copies=1),
-    "rmsprop": Spec(fo.rmsprop, "RMSprop", torch.optim.RMSprop,
-                    lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-8),
-                    {"lr": 1e-2}, state_copies=1),
+    "adam": Spec(
+        fo.adam, "Adam", torch.optim.Adam, lambda: optax.adam(1e-3), {"lr": 1e-3}
+    ),
+    "adamw": Spec(
+        fo.adamw,
+        "AdamW",
+        torch.optim.AdamW,
+        lambda: optax.adamw(1e-3, weight_decay=1e-2),
+        {"lr": 1e-3, "weight_decay": 1e-2},
+    ),
+    "sgd_momentum": Spec(
+        fo.sgd,
+        "SGD",
+        torch.optim.SGD,
+        lambda: optax.sgd(1e-3, momentum=0.9),
+        {"lr": 1e-3, "momentum": 0.9},
+        state_copies=1,
+    ),
+    "rmsprop": Spec(
+        fo.rmsprop,
+        "RMSprop",
+        torch.optim.RMSprop,
+        lambda: optax.rmsprop(1e-2, decay=0.99, eps=1e-8),
+        {"lr": 1e-2},
+        state_copies=1,
+    ),
 }
 
 PATHS = ("fo jit", "fo facade", "torch fused", "torch foreach", "optax")
@@ -225,8 +249,14 @@ def bench(tree: str, name: str, repeats: int) -> Result:
     result = Result()
     n_bytes = sum(v.nbytes for v in params_np.values())
     result.floor_mb = n_bytes * (2 + spec.state_copies) / MB  # params+state+grad
-    bench_jax_transform(spec.fo_functional(**spec.kwargs), params_np, grads_np,
-                        repeats, result, "fo jit")
+    bench_jax_transform(
+        spec.fo_functional(**spec.kwargs),
+        params_np,
+        grads_np,
+        repeats,
+        result,
+        "fo jit",
+    )
     bench_facade(spec, params_np, grads_np, repeats, result)
     bench_torch(spec, params_np, grads_np, repeats, result, "fused")
     bench_torch(spec, params_np, grads_np, repeats, result, "foreach")
@@ -264,8 +294,9 @@ def table(results: dict[tuple[str, str], Result]) -> str:
             + f" | {ratio(ms.get('fo jit'), ms.get('optax'))}"
             + f" | {ratio(ms.get('fo facade'), ms.get('optax'))}"
             + " | "
-            + " / ".join(fmt(r.compile_s.get(p), ".2f")
-                         for p in ("fo jit", "fo facade", "optax"))
+            + " / ".join(
+                fmt(r.compile_s.get(p), ".2f") for p in ("fo jit", "fo facade", "optax")
+            )
             + f" | {fmt(r.peak_mb.get('fo jit'), '.0f')} / "
             f"{fmt(r.peak_mb.get('optax'), '.0f')}; {r.floor_mb:.0f} |"
         )
@@ -296,19 +327,27 @@ def plot(results: dict[tuple[str, str], Result], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pytrees", nargs="+", default=list(PYTREES),
-                        choices=list(PYTREES))
-    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS),
-                        choices=list(OPTIMIZERS))
-    parser.add_argument("--repeats", type=int, default=20,
-                        help="timed steps per measurement (median taken)")
+    parser.add_argument(
+        "--pytrees", nargs="+", default=list(PYTREES), choices=list(PYTREES)
+    )
+    parser.add_argument(
+        "--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS)
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="timed steps per measurement (median taken)",
+    )
     parser.add_argument("--png", default="benchmarks/step_time.png")
     args = parser.parse_args(argv)
 
     load = os.getloadavg()[0]
-    print(f"jax {jax.__version__} ({jax.default_backend()}), torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads), optax "
-          f"{optax.__version__}; {CORES} cores; load average {load:.2f}")
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), optax "
+        f"{optax.__version__}; {CORES} cores; load average {load:.2f}"
+    )
     results = {}
     for tree in args.pytrees:
         for name in args.optimizers:

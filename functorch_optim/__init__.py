@@ -4,6 +4,7 @@ Functional (optax-style) transformations have lowercase names (``fo.adam``); the
 torch-style stateful optimizers have torch's class names (``fo.Adam``).
 """
 
+from . import checkpoint, interop, lr_scheduler, schedules
 from .algorithms.adadelta import adadelta
 from .algorithms.adafactor import adafactor
 from .algorithms.adagrad import adagrad
@@ -19,28 +20,6 @@ from .algorithms.sgd import sgd
 from .algorithms.sparse_adam import sparse_adam
 from .clipping import clip_grad_norm, clip_grad_value, global_norm
 from .core import GradientTransformation, apply_updates, chain
-from .lbfgs import LBFGS, lbfgs
-from . import lr_scheduler, schedules
-from .schedules import (
-    chained_lr,
-    constant_lr,
-    cosine_annealing_lr,
-    cosine_annealing_warm_restarts,
-    cyclic_lr,
-    cyclic_momentum,
-    exponential_lr,
-    lambda_lr,
-    linear_lr,
-    multi_step_lr,
-    multiplicative_lr,
-    one_cycle_lr,
-    one_cycle_momentum,
-    polynomial_lr,
-    reduce_on_plateau,
-    sequential_lr,
-    step_lr,
-)
-from . import interop
 from .facade import (
     ASGD,
     SGD,
@@ -59,6 +38,27 @@ from .facade import (
     SparseAdam,
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
+)
+from .lbfgs import LBFGS, lbfgs
+from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
+from .schedules import (
+    chained_lr,
+    constant_lr,
+    cosine_annealing_lr,
+    cosine_annealing_warm_restarts,
+    cyclic_lr,
+    cyclic_momentum,
+    exponential_lr,
+    lambda_lr,
+    linear_lr,
+    multi_step_lr,
+    multiplicative_lr,
+    one_cycle_lr,
+    one_cycle_momentum,
+    polynomial_lr,
+    reduce_on_plateau,
+    sequential_lr,
+    step_lr,
 )
 
 __version__ = "0.1.0"
@@ -81,6 +81,7 @@ __all__ = [
     "SGD",
     "SparseAdam",
     "interop",
+    "checkpoint",
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",
     # functional
@@ -106,6 +107,9 @@ __all__ = [
     "rmsprop",
     "rprop",
     "sparse_adam",
+    "SkipNonfiniteState",
+    "all_finite",
+    "skip_nonfinite",
     # learning-rate schedulers (torch-style) and schedules (functional)
     "lr_scheduler",
     "schedules",

@@ -5,8 +5,8 @@ A :class:`GradientTransformation` is a pair of pure functions,
     state = init(params)
     updates, state = update(grads, state, params=None, **extra_args)
 
-with the same fields, order and calling convention as optax's, so a transformation
-of this library is accepted unchanged by ``optax.chain``, ``flax.nnx.Optimizer`` and
+a subclass of optax's own type, so a transformation of this library is accepted
+unchanged by ``optax.chain``, ``flax.nnx.Optimizer`` and
 ``flax.training.train_state.TrainState``, and optax's transformations are accepted by
 :func:`chain`.
 """
@@ -15,28 +15,30 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 PyTree = Any
-InitFn = Callable[[PyTree], PyTree]
 UpdateFn = Callable[..., tuple[PyTree, PyTree]]
 
 
-class GradientTransformation(NamedTuple):
+class GradientTransformation(optax.GradientTransformationExtraArgs):
     """An ``(init, update)`` pair of pure functions over pytrees.
 
     ``update(grads, state, params=None, **extra_args)`` returns ``(updates, state)``;
     ``apply_updates(params, updates)`` then gives the new parameters. Extra keyword
     arguments (``value``, ``value_fn``, ...) are accepted and ignored by
-    transformations that do not use them, as in optax's
-    ``GradientTransformationExtraArgs``.
+    transformations that do not use them.
+
+    It is optax's ``GradientTransformationExtraArgs`` (a subclass with no new
+    fields), so ``optax.chain`` forwards the extra arguments that L-BFGS
+    (``value_fn``) and reduce-on-plateau (``value``) read.
     """
 
-    init: InitFn
-    update: UpdateFn
+    __slots__ = ()
 
 
 def apply_updates(params: PyTree, updates: PyTree) -> PyTree:

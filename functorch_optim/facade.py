@@ -33,7 +33,7 @@ import inspect
 import sys
 import warnings
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -58,7 +58,10 @@ from .algorithms import (
     sparse_adam,
 )
 from .algorithms.base import Algorithm, Options, check_scalar_lr
+from .checks import check_param_dtypes, is_optimizable
 from .fused import STEP, init_leaf, step_leaves
+from .nonfinite import all_finite
+from .sharding import constrain, place_like, static_sharding
 
 # --- hooks ----------------------------------------------------------------------
 
@@ -125,8 +128,10 @@ def _with_step_hooks(step: Callable) -> Callable:
         self = args[0]
         if self._in_step:
             return step(*args, **kwargs)
-        pre_hooks = (*_global_step_pre_hooks.values(),
-                     *self._optimizer_step_pre_hooks.values())
+        pre_hooks = (
+            *_global_step_pre_hooks.values(),
+            *self._optimizer_step_pre_hooks.values(),
+        )
         for pre_hook in pre_hooks:
             result = pre_hook(self, args, kwargs)
             if result is not None:
@@ -142,8 +147,10 @@ def _with_step_hooks(step: Callable) -> Callable:
             out = step(*args, **kwargs)
         finally:
             self._in_step = False
-        post_hooks = (*self._optimizer_step_post_hooks.values(),
-                      *_global_step_post_hooks.values())
+        post_hooks = (
+            *self._optimizer_step_post_hooks.values(),
+            *_global_step_post_hooks.values(),
+        )
         for post_hook in post_hooks:
             post_hook(self, args, kwargs)
         return out
@@ -208,22 +215,32 @@ def _join_option(static: Any, traced: Iterator) -> Any:
 
 
 def _step_groups(spec, params, grads, states, traced):
-    """All groups' steps in one program; ``spec`` = ((algorithm, static options),)."""
+    """All groups' steps in one program; ``spec`` = ((algorithm, static options,
+    the params' shardings),): every result stays on its parameter's shards."""
     global _compiles
     _compiles += 1
     new_params, new_states = [], []
-    for (algorithm, static), p, g, s, t in zip(
+    for (algorithm, static, shardings), p, g, s, t in zip(
         spec, params, grads, states, traced, strict=True
     ):
         values = iter(t)
         options = Options({k: _join_option(v, values) for k, v in static})
         group_params, group_states = step_leaves(algorithm, p, g, s, options)
+        group_params = [
+            constrain(new, sharding, old.shape)
+            for new, old, sharding in zip(group_params, p, shardings, strict=True)
+        ]
+        group_states = [
+            constrain(state, sharding, old.shape)
+            for state, old, sharding in zip(group_states, p, shardings, strict=True)
+        ]
         new_params.append(group_params)
         new_states.append(group_states)
     return new_params, new_states
 
 
 _fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3))
+_all_finite = jax.jit(all_finite)
 
 
 # --- params as given --------------------------------------------------------------
@@ -308,6 +325,10 @@ class Optimizer:
     # check_params(list of each group's param leaves): the algorithm's constructor
     # checks on the params themselves (SparseAdam: dense, real params only).
     check_params: ClassVar[Callable[[list], None] | None] = None
+    # Steps skipped for non-finite gradients (see skip_nonfinite); not part of
+    # torch's state_dict, as torch's GradScaler keeps its own count apart.
+    skipped_steps: int = 0
+    _skip_nonfinite: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -321,8 +342,10 @@ class Optimizer:
         # weight decay, momentum, dampening. Only their zeros are static; a zero lr
         # (a schedule's end) is traced like any float and does not recompile.
         self._static_zero = frozenset(
-            name for name, default in self.algorithm.defaults.items()
-            if isinstance(default, (int, float)) and not isinstance(default, bool)
+            name
+            for name, default in self.algorithm.defaults.items()
+            if isinstance(default, (int, float))
+            and not isinstance(default, bool)
             and default == 0
         )
         self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
@@ -360,9 +383,7 @@ class Optimizer:
         if self.state_at_construction:
             for g, group in enumerate(self.param_groups):
                 options = self._group_options(group)
-                self._states[g] = [
-                    self._new_state(p, options) for p in group["params"]
-                ]
+                self._states[g] = [self._new_state(p, options) for p in group["params"]]
 
     # -- groups ------------------------------------------------------------------
 
@@ -397,6 +418,14 @@ class Optimizer:
                 )
         group = dict(param_group)
         group["params"] = self._own_leaves(originals)
+        check_param_dtypes(
+            jax.tree.unflatten(treedef, group["params"])
+            if names is None
+            else dict(zip(names, group["params"], strict=True)),
+            f"param_groups[{len(self.param_groups)}]['params']"
+            if self._given_as_groups or self.param_groups
+            else "params",
+        )
         if names is not None:
             group["param_names"] = names
         for name, default in self.defaults.items():
@@ -483,8 +512,10 @@ class Optimizer:
         :meth:`add_param_group`.
         """
         return self._as_given(
-            [self._assemble(g, list(group["params"]))
-             for g, group in enumerate(self.param_groups)]
+            [
+                self._assemble(g, list(group["params"]))
+                for g, group in enumerate(self.param_groups)
+            ]
         )
 
     @property
@@ -522,9 +553,11 @@ class Optimizer:
     def _flatten_grads(self, grads: Any) -> list[list]:
         if grads is None:
             return [[None] * len(g["params"]) for g in self.param_groups]
-        per_group = [grads] if not (
-            self._given_as_groups or len(self.param_groups) > 1
-        ) else list(grads)
+        per_group = (
+            [grads]
+            if not (self._given_as_groups or len(self.param_groups) > 1)
+            else list(grads)
+        )
         if len(per_group) != len(self.param_groups):
             raise ValueError(
                 f"grads has {len(per_group)} groups, the optimizer has "
@@ -540,8 +573,10 @@ class Optimizer:
         if grads is None:
             return [None] * len(params)
         names = self.param_groups[g].get("param_names")
-        if names is not None and isinstance(grads, (list, tuple)) and all(
-            _is_named(item) for item in grads
+        if (
+            names is not None
+            and isinstance(grads, (list, tuple))
+            and all(_is_named(item) for item in grads)
         ):
             if [name for name, _ in grads] != list(names):
                 raise ValueError(
@@ -556,19 +591,32 @@ class Optimizer:
             raise ValueError(
                 f"grads of group {g} must have the structure of its params {treedef}"
             ) from e
-        return [self._checked_grad(p, grad) for p, grad in zip(params, leaves)]
+        return [
+            self._checked_grad(p, grad, f"the grad of parameter {i} of group {g}")
+            for i, (p, grad) in enumerate(zip(params, leaves))
+        ]
 
     @staticmethod
-    def _checked_grad(param: jax.Array, grad: Any) -> Any:
+    def _checked_grad(param: jax.Array, grad: Any, name: str = "the grad") -> Any:
+        """torch's checks on assigning ``.grad`` (its messages, then the detail);
+        a gradient of another floating dtype is cast to the parameter's."""
         if grad is None:
             return None
         if not isinstance(grad, jax.Array):
             grad = interop.to_jax(grad)
         if grad.shape != param.shape:
-            raise RuntimeError("assigned grad has data of a different size")
+            raise RuntimeError(
+                f"assigned grad has data of a different size: {name} has shape "
+                f"{grad.shape}, the parameter {param.shape}"
+            )
         if grad.dtype != param.dtype:
-            if jnp.iscomplexobj(grad) and not jnp.iscomplexobj(param):
-                raise RuntimeError("assigned grad has data of a different type")
+            if not is_optimizable(grad.dtype) or (
+                jnp.iscomplexobj(grad) and not jnp.iscomplexobj(param)
+            ):
+                raise RuntimeError(
+                    f"assigned grad has data of a different type: {name} has dtype "
+                    f"{grad.dtype}, the parameter {param.dtype}"
+                )
             grad = grad.astype(param.dtype)
         return grad
 
@@ -620,8 +668,35 @@ class Optimizer:
         grads = jax.tree.map(lambda g: jnp.conj(g) if jnp.iscomplexobj(g) else g, grads)
         return loss, grads
 
+    @property
+    def skip_nonfinite(self) -> bool:
+        """Opt-in: skip a step whose stored gradients hold an inf or a NaN.
+
+        Off by default (non-finite gradients then propagate exactly as in torch).
+        Set ``opt.skip_nonfinite = True`` for the behaviour of
+        ``torch.amp.GradScaler.step``: such a step leaves the parameters and the
+        state (step counts included) unchanged and adds one to
+        ``opt.skipped_steps``. The step hooks still run; the check costs one small
+        compiled reduction and a host synchronization per step, as GradScaler's.
+        Not available for optimizers that override ``step`` (LBFGS), where torch's
+        GradScaler does not apply either.
+        """
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value: bool) -> None:
+        if value and type(self).step is not Optimizer.step:
+            raise NotImplementedError(
+                f"{type(self).__name__} overrides step(); skip_nonfinite applies to "
+                "the optimizers that step on stored gradients"
+            )
+        self._skip_nonfinite = bool(value)
+
     def _apply_grads(self) -> None:
         """Step the stored gradients' params through the one compiled step."""
+        if self._skip_nonfinite and not bool(_all_finite(self._grads)):
+            self.skipped_steps += 1
+            return
         algorithm = self.algorithm
         spec, params, grads, states, traced, where = [], [], [], [], [], []
         for g, group in enumerate(self.param_groups):
@@ -637,7 +712,8 @@ class Optimizer:
             self._prepare_states(g, stepped, options, static)
             leaves, leaf_states = group["params"], self._states[g]
             leaf_grads = self._grads[g]
-            spec.append((algorithm, static))
+            shardings = tuple(static_sharding(leaves[i]) for i in stepped)
+            spec.append((algorithm, static, shardings))
             params.append([leaves[i] for i in stepped])
             grads.append([leaf_grads[i] for i in stepped])
             states.append([leaf_states[i] for i in stepped])
@@ -732,7 +808,9 @@ class Optimizer:
                 if view:
                     # copies (later steps donate the optimizer's own buffers), per
                     # entry so torch's key order is kept
-                    state[start + i] = {k: jax.tree.map(_copy, v) for k, v in view.items()}
+                    state[start + i] = {
+                        k: jax.tree.map(_copy, v) for k, v in view.items()
+                    }
             start += len(group["params"])
         state_dict = {"state": state, "param_groups": groups}
         for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):
@@ -751,13 +829,13 @@ class Optimizer:
         the parameter's dtype, ``step`` to a count). Everything is checked before
         anything changes: on an error the optimizer is left exactly as it was.
         """
+        _check_is_dict(state_dict)
         state_dict = dict(state_dict)
         for pre_hook in tuple(self._optimizer_load_state_dict_pre_hooks.values()):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        saved_groups = state_dict["param_groups"]
-        saved_state = state_dict["state"]
+        saved_groups, saved_state = _checked_layout(state_dict)
         groups = self.param_groups
         if len(groups) != len(saved_groups):
             raise ValueError(
@@ -784,10 +862,12 @@ class Optimizer:
         new_states = []
         for group, saved in zip(new_groups, saved_groups):
             options = self._group_options(group)
-            new_states.append([
-                self._loaded_state(pid, p, options, saved_state.get(pid))
-                for pid, p in zip(saved["params"], group["params"])
-            ])
+            new_states.append(
+                [
+                    self._loaded_state(pid, p, options, saved_state.get(pid))
+                    for pid, p in zip(saved["params"], group["params"])
+                ]
+            )
         self.param_groups = new_groups
         self._states = new_states
         self._static_seen = [None] * len(new_groups)
@@ -812,6 +892,14 @@ class Optimizer:
                 f"loaded state dict's parameter group {g} has no {missing}: it is not "
                 f"a {type(self).__name__} state dict"
             )
+        for name, default in self.algorithm.defaults.items():
+            expected = _option_kind(default)
+            if expected is not None and not _is_option_kind(new[name], default):
+                raise ValueError(
+                    f"loaded state dict's parameter group {g} has {name}="
+                    f"{new[name]!r}, which is not {expected} (torch's default is "
+                    f"{default!r})"
+                )
         self._validate_options(new)
         return new
 
@@ -819,13 +907,15 @@ class Optimizer:
         self, pid: Any, param: jax.Array, options: Options, saved: Any
     ) -> dict | None:
         """The internal state of one leaf from its saved torch-format state."""
-        if saved is None or len(saved) == 0:
+        if saved is None:
             return None
         if not isinstance(saved, Mapping):
             raise ValueError(
                 f"loaded state of parameter {pid} must be a dict, got "
                 + _typename(saved)
             )
+        if len(saved) == 0:
+            return None
         algorithm, names = self.algorithm, self.algorithm.state_names
         unknown = [k for k in saved if k not in names]
         if unknown:
@@ -854,7 +944,7 @@ class Optimizer:
             else:  # internal entry torch does not keep: as at initialization
                 fresh = fresh or self._new_state(param, options)
                 state[name] = fresh[name]
-        return state
+        return place_like(state, param)
 
     # -- hooks -------------------------------------------------------------------
 
@@ -910,6 +1000,105 @@ def _zeros_like(grad: Any) -> Any:
     return jnp.zeros_like(grad) if isinstance(grad, jax.Array) else grad * 0
 
 
+def _check_is_dict(state_dict: Any) -> None:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict must be a dict with 'state' and 'param_groups', got "
+            f"{_typename(state_dict)}"
+        )
+
+
+def _checked_layout(state_dict: Mapping) -> tuple[list, Mapping]:
+    """The state dict's groups and state, after checking torch's layout: a list of
+    group dicts with lists of parameter ids (each id once), and a dict of states."""
+    _check_is_dict(state_dict)
+    missing = [k for k in ("state", "param_groups") if k not in state_dict]
+    if missing:
+        raise ValueError(
+            f"loaded state dict has no {missing} (its keys: {list(state_dict)})"
+        )
+    groups, state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(groups, (list, tuple)):
+        raise ValueError(
+            "loaded state dict's 'param_groups' must be a list of dicts, got "
+            + _typename(groups)
+        )
+    for g, group in enumerate(groups):
+        if not isinstance(group, Mapping) or not isinstance(
+            group.get("params"), (list, tuple)
+        ):
+            raise ValueError(
+                f"loaded state dict's parameter group {g} must be a dict with a "
+                f"'params' list of parameter ids, got {_typename(group)}"
+                + (
+                    f" with params={group.get('params')!r}"
+                    if isinstance(group, Mapping)
+                    else ""
+                )
+            )
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            "loaded state dict's 'state' must be a dict from parameter id to state, "
+            "got " + _typename(state)
+        )
+    try:
+        counts = Counter(pid for group in groups for pid in group["params"])
+    except TypeError as e:
+        raise ValueError(
+            f"loaded state dict has an unhashable parameter id: {e}"
+        ) from None
+    repeated = [pid for pid, n in counts.items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"loaded state dict lists parameter ids {repeated} more than once"
+        )
+    return list(groups), state
+
+
+def _option_kind(default: Any) -> str | None:
+    """What a loaded hyperparameter must be, judged by torch's default for it
+    (None: anything that validation accepts)."""
+    if isinstance(default, bool):
+        return "a bool"
+    if isinstance(default, (int, float)):
+        return "a real number"
+    if isinstance(default, tuple):
+        return f"a sequence of {len(default)}"
+    if isinstance(default, str):
+        return "a string"
+    return None
+
+
+def _is_real_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        dtype is not None
+        and getattr(value, "size", 0) == 1
+        and jnp.issubdtype(dtype, jnp.number)
+        and not jnp.issubdtype(dtype, jnp.complexfloating)
+    )
+
+
+def _is_option_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(default, (int, float)):
+        return _is_real_number(value)
+    if isinstance(default, tuple):
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(default)
+            and all(_is_option_kind(v, d) for v, d in zip(value, default))
+        )
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
 def _missing(pid: Any, name: str, names: tuple) -> None:
     raise ValueError(
         f"loaded state of parameter {pid} has no {name!r} (expected {list(names)})"
@@ -919,9 +1108,13 @@ def _missing(pid: Any, name: str, names: tuple) -> None:
 def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
     """A saved state entry as a fresh array of ``dtype`` (torch's cast), checked."""
     where = f"loaded state {name!r} of parameter {pid}"
-    if not _is_array(value) and not isinstance(value, (int, float, complex)):
+    if not _is_array(value) and not isinstance(value, (int, float, complex, np.number)):
         raise ValueError(f"{where} must be an array, got {_typename(value)}")
-    array = np.asarray(interop.to_numpy(value))
+    # A JAX array stays where it lives: it may be sharded over other processes.
+    if isinstance(value, jax.Array):
+        array = value
+    else:
+        array = np.asarray(interop.to_numpy(value))
     if not jnp.issubdtype(array.dtype, jnp.number):
         raise ValueError(f"{where} has dtype {array.dtype}, not a number")
     if jnp.iscomplexobj(array) and not jnp.issubdtype(dtype, jnp.complexfloating):
@@ -934,15 +1127,17 @@ def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
 def _loaded_step(pid: Any, value: Any) -> jax.Array:
     """torch keeps 'step' as a float tensor; the facade counts in int32."""
     where = f"loaded state 'step' of parameter {pid}"
-    if not _is_array(value) and not isinstance(value, (int, float)):
+    if not _is_array(value) and not isinstance(value, (int, float, np.number)):
         raise ValueError(f"{where} must be a number, got {_typename(value)}")
     array = np.asarray(interop.to_numpy(value))
-    if array.size != 1 or not jnp.issubdtype(array.dtype, jnp.number) or (
-        jnp.iscomplexobj(array)
+    if (
+        array.size != 1
+        or not jnp.issubdtype(array.dtype, jnp.number)
+        or (jnp.iscomplexobj(array))
     ):
         raise ValueError(f"{where} must be one real number, got {array!r}")
     count = float(array.reshape(()))
-    if not (count >= 0 and count == int(count) and count < 2**31):
+    if not (np.isfinite(count) and count >= 0 and count == int(count) < 2**31):
         raise ValueError(f"{where} must be a count (a whole number >= 0), got {count}")
     return jnp.asarray(int(count), jnp.int32)
 
@@ -1040,4 +1235,3 @@ __all__ = [
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",
 ]
-

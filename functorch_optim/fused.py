@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from . import packing
 from .algorithms.base import Algorithm, Options, to_complex, to_real
+from .checks import check_grads, check_param_dtypes, leaf_names
+from .sharding import explicit_as_auto, place, place_like
 
 STEP = "step"
 
@@ -37,10 +39,11 @@ def evaluate_schedules(options: Options, count: Any) -> Options:
 
 
 def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
-    """The state of one leaf before its first step: torch's entries and ``step = 0``."""
+    """The state of one leaf before its first step: torch's entries and ``step = 0``,
+    placed on the parameter's devices (:func:`functorch_optim.sharding.place_like`)."""
     zero = jnp.zeros((), jnp.int32)
     state = algorithm.init(param, evaluate_schedules(options, zero))
-    return {STEP: zero, **state}
+    return place_like({STEP: zero, **state}, param)
 
 
 def step_leaf(
@@ -54,7 +57,13 @@ def step_leaf(
         run_state = {k: to_real(v) for k, v in state.items()}
     else:
         run_param, run_grad, run_state = param, grad, state
-    new_param, new_state = algorithm.step(run_param, run_grad, run_state, options)
+
+    def rule(p, g, s):
+        return algorithm.step(p, g, s, options)
+
+    if not algorithm.elementwise:
+        rule = explicit_as_auto(rule, run_param, run_state)
+    new_param, new_state = rule(run_param, run_grad, run_state)
     if as_real:
         new_param = to_complex(new_param, param)
         new_state = {k: to_complex(v, state.get(k)) for k, v in new_state.items()}
@@ -62,7 +71,9 @@ def step_leaf(
         k: _cast_like(v, state[k]) if state.get(k) is not None else v
         for k, v in new_state.items()
     }
-    return _cast_like(new_param, param), new_state
+    # A step that is not elementwise (a scatter, a reshape) may leave the result
+    # on other shards than the parameter's; put it back where it was.
+    return place(_cast_like(new_param, param), param), place_like(new_state, param)
 
 
 def _cast_like(x: Any, like: Any) -> Any:
@@ -126,6 +137,7 @@ def leaves_to_state(leaf_states: Sequence[dict], treedef) -> dict:
 
 
 def init_tree(algorithm: Algorithm, params: Any, options: Options) -> dict:
+    check_param_dtypes(params)
     leaves, treedef = jax.tree.flatten(params)
     return leaves_to_state(init_leaves(algorithm, leaves, options), treedef)
 
@@ -136,6 +148,7 @@ def step_tree(
     """Step every leaf of ``params``; returns the new params and the new state."""
     leaves, treedef = jax.tree.flatten(params)
     grad_leaves = _flatten_like(grads, treedef, "grads")
+    check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
     new_leaves, new_states = step_leaves(
         algorithm, leaves, grad_leaves, state_to_leaves(state, treedef), options
     )

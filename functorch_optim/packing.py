@@ -113,14 +113,16 @@ def step_packed(
             params[i], grads[i], states[i], options
         )
     for indices in packed:
-        stacked = jax.lax.optimization_barrier((
-            jnp.stack([params[i] for i in indices]),
-            jnp.stack([grads[i] for i in indices]),
-            _stack_states([states[i] for i in indices]),
-        ))
-        stacked_param, stacked_state = jax.lax.optimization_barrier(jax.vmap(
-            lambda p, g, s: step_leaf(p, g, s, options)
-        )(*stacked))
+        stacked = jax.lax.optimization_barrier(
+            (
+                jnp.stack([params[i] for i in indices]),
+                jnp.stack([grads[i] for i in indices]),
+                _stack_states([states[i] for i in indices]),
+            )
+        )
+        stacked_param, stacked_state = jax.lax.optimization_barrier(
+            jax.vmap(lambda p, g, s: step_leaf(p, g, s, options))(*stacked)
+        )
         for row, i in enumerate(indices):
             new_params[i] = stacked_param[row]
             new_states[i] = {

@@ -68,26 +68,45 @@ NONEMPTY = (((), (3,), (2, 3)), ((2, 3, 2), (3, 1, 4), (4,)))
 # also runs the interop round trips.
 CASES = [
     case(fo.SGD, torch.optim.SGD, lr=0.1),
-    case(fo.SGD, torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1,
-         weight_decay=0.1),
+    case(
+        fo.SGD, torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.1
+    ),
     case(fo.SGD, torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True),
     case(fo.Adam, torch.optim.Adam, lr=0.05),
     case(fo.Adam, torch.optim.Adam, lr=0.05, amsgrad=True, weight_decay=0.1),
     case(fo.AdamW, torch.optim.AdamW, lr=0.05, betas=(0.8, 0.9)),
     case(fo.Adadelta, torch.optim.Adadelta, lr=0.5, rho=0.8, weight_decay=0.1),
-    case(fo.Adagrad, torch.optim.Adagrad, lr=0.1, lr_decay=0.1,
-         initial_accumulator_value=0.1),
+    case(
+        fo.Adagrad,
+        torch.optim.Adagrad,
+        lr=0.1,
+        lr_decay=0.1,
+        initial_accumulator_value=0.1,
+    ),
     case(fo.Adamax, torch.optim.Adamax, lr=0.05, weight_decay=0.1),
     case(fo.ASGD, torch.optim.ASGD, lr=0.05, lambd=0.1, t0=1.0),
-    case(fo.NAdam, torch.optim.NAdam, lr=0.05, momentum_decay=0.1,
-         decoupled_weight_decay=True, weight_decay=0.1),
+    case(
+        fo.NAdam,
+        torch.optim.NAdam,
+        lr=0.05,
+        momentum_decay=0.1,
+        decoupled_weight_decay=True,
+        weight_decay=0.1,
+    ),
     case(fo.RAdam, torch.optim.RAdam, lr=0.05, weight_decay=0.1),
     case(fo.RMSprop, torch.optim.RMSprop, lr=0.03, centered=True, momentum=0.5),
     case(fo.Rprop, torch.optim.Rprop, lr=0.05, etas=(0.3, 1.5)),
-    case(fo.Adafactor, torch.optim.Adafactor, shapes=NONEMPTY, lr=0.5,
-         weight_decay=0.1),
-    case(fo.Muon, torch.optim.Muon, shapes=MATRICES,
-         dtypes=("float32", "float64"), lr=0.02, momentum=0.9),
+    case(
+        fo.Adafactor, torch.optim.Adafactor, shapes=NONEMPTY, lr=0.5, weight_decay=0.1
+    ),
+    case(
+        fo.Muon,
+        torch.optim.Muon,
+        shapes=MATRICES,
+        dtypes=("float32", "float64"),
+        lr=0.02,
+        momentum=0.9,
+    ),
 ]
 
 # torch.optim classes the facade mirrors (SparseAdam needs sparse grads: its own
@@ -106,11 +125,14 @@ def _group_options(c: Case, g: int) -> dict:
 
 
 def _data(c: Case, dtype: str, seed: int = 0):
-    params = [random_arrays(seed + g, shapes, dtype)
-              for g, shapes in enumerate(c.shapes)]
+    params = [
+        random_arrays(seed + g, shapes, dtype) for g, shapes in enumerate(c.shapes)
+    ]
     grads = [
-        [random_arrays(seed + 10 * k + g + 1, shapes, dtype)
-         for g, shapes in enumerate(c.shapes)]
+        [
+            random_arrays(seed + 10 * k + g + 1, shapes, dtype)
+            for g, shapes in enumerate(c.shapes)
+        ]
         for k in range(STEPS)
     ]
     return params, grads
@@ -143,8 +165,10 @@ def _torch_steps(optimizer, tensors, grads, dtype):
 
 def _facade_make(c, params, dtype):
     return c.ours(
-        [{"params": [to_jax(p, dtype) for p in group], **_group_options(c, g)}
-         for g, group in enumerate(params)],
+        [
+            {"params": [to_jax(p, dtype) for p in group], **_group_options(c, g)}
+            for g, group in enumerate(params)
+        ],
         **c.options,
     )
 
@@ -152,8 +176,12 @@ def _facade_make(c, params, dtype):
 def _facade_steps(opt, grads, dtype):
     out = []
     for step_grads in grads:
-        opt.step([[None if g is None else to_jax(g, dtype) for g in gs]
-                  for gs in _without_last(step_grads)])
+        opt.step(
+            [
+                [None if g is None else to_jax(g, dtype) for g in gs]
+                for gs in _without_last(step_grads)
+            ]
+        )
         out.append([to_numpy(p) for group in opt.params for p in group])
     return out
 
@@ -165,8 +193,9 @@ def _assert_states_close(ours: dict, theirs: dict, dtype: str) -> None:
     sqrt(E[g^2] - E[g]^2), where one bf16 rounding of the difference moves its
     momentum buffer by ~5% (the functional path gives the same values).
     """
-    rtol, atol = (4 * t for t in TOLERANCE[dtype]) if dtype == "bfloat16" else (
-        TOLERANCE[dtype])
+    rtol, atol = (
+        (4 * t for t in TOLERANCE[dtype]) if dtype == "bfloat16" else (TOLERANCE[dtype])
+    )
     assert ours["param_groups"] == theirs["param_groups"]
     assert list(ours["state"]) == sorted(theirs["state"])
     for pid, state in ours["state"].items():
@@ -179,7 +208,10 @@ def _assert_states_close(ours: dict, theirs: dict, dtype: str) -> None:
             if name == "step":
                 assert value.dtype == jnp.float32 and expected.dtype == torch.float32
             np.testing.assert_allclose(
-                to_numpy(value), to_numpy(expected), rtol=rtol, atol=atol,
+                to_numpy(value),
+                to_numpy(expected),
+                rtol=rtol,
+                atol=atol,
                 err_msg=f"state {name} of param {pid}",
             )
 
@@ -217,10 +249,14 @@ def test_sparse_adam_with_sparse_grads_matches_torch():
         jax_grads, torch_grads = [], []
         for shape, index in zip(shapes, rows):
             values = np.random.default_rng(k).standard_normal((len(index), *shape[1:]))
-            torch_grads.append(torch.sparse_coo_tensor(
-                torch.tensor(index.T), torch.tensor(values), shape))
-            jax_grads.append(sparse.BCOO((jnp.asarray(values), jnp.asarray(index)),
-                                         shape=shape))
+            torch_grads.append(
+                torch.sparse_coo_tensor(
+                    torch.tensor(index.T), torch.tensor(values), shape
+                )
+            )
+            jax_grads.append(
+                sparse.BCOO((jnp.asarray(values), jnp.asarray(index)), shape=shape)
+            )
         for t, g in zip(tensors, torch_grads):
             t.grad = g
         theirs.step()
@@ -246,20 +282,26 @@ def test_signature_defaults_and_repr_match_torch(ours):
     shape = (2, 2)
     a, b = (np.ones(shape) * i for i in (1, 2))
     opt = ours([{"params": [jnp.asarray(a)]}, {"params": [jnp.asarray(b)], "lr": 0.5}])
-    torch_opt = theirs([{"params": [torch.tensor(a)]},
-                        {"params": [torch.tensor(b)], "lr": 0.5}])
+    torch_opt = theirs(
+        [{"params": [torch.tensor(a)]}, {"params": [torch.tensor(b)], "lr": 0.5}]
+    )
     assert opt.defaults == torch_opt.defaults
     assert repr(opt) == repr(torch_opt)
-    assert opt.state_dict() == {"state": {}, "param_groups": torch_opt.state_dict()[
-        "param_groups"]} or ours is fo.Adagrad
+    assert (
+        opt.state_dict()
+        == {"state": {}, "param_groups": torch_opt.state_dict()["param_groups"]}
+        or ours is fo.Adagrad
+    )
 
 
 def test_adagrad_creates_state_at_construction_as_torch():
     params = random_arrays(0, ((2,), (3,)), "float64")
-    opt = fo.Adagrad([to_jax(p, "float64") for p in params],
-                     initial_accumulator_value=0.5)
-    torch_opt = torch.optim.Adagrad([to_torch(p, "float64") for p in params],
-                                    initial_accumulator_value=0.5)
+    opt = fo.Adagrad(
+        [to_jax(p, "float64") for p in params], initial_accumulator_value=0.5
+    )
+    torch_opt = torch.optim.Adagrad(
+        [to_torch(p, "float64") for p in params], initial_accumulator_value=0.5
+    )
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), "float64")
 
 
@@ -299,11 +341,16 @@ def test_constructor_errors_match_torch():
         lambda: torch.optim.SGD([ta]).add_param_group([tb]),
     )
     # A bare array: torch's TypeError, naming the array's type.
-    with pytest.raises(TypeError, match="^params argument given to the optimizer "
-                       "should be an iterable of Tensors or dicts, but got jax"):
+    with pytest.raises(
+        TypeError,
+        match="^params argument given to the optimizer "
+        "should be an iterable of Tensors or dicts, but got jax",
+    ):
         fo.Adam(a)
-    with pytest.raises(TypeError, match="optimizer can only optimize Tensors, but one "
-                       "of the params is float"):
+    with pytest.raises(
+        TypeError,
+        match="optimizer can only optimize Tensors, but one of the params is float",
+    ):
         fo.Adam({"w": a, "b": 1.0})
 
 
@@ -366,8 +413,9 @@ def test_invalid_options_raise_torchs_error_also_in_groups(ours, options):
 
 
 def test_muon_rejects_non_matrix_params_at_construction_as_torch():
-    _raises_like_torch(lambda: fo.Muon([jnp.ones(3)]),
-                       lambda: torch.optim.Muon([torch.ones(3)]))
+    _raises_like_torch(
+        lambda: fo.Muon([jnp.ones(3)]), lambda: torch.optim.Muon([torch.ones(3)])
+    )
 
 
 # --- params, grads, state as given ---------------------------------------------
@@ -394,7 +442,8 @@ def test_params_keep_their_structure():
     assert named.state_dict()["param_groups"] == theirs
 
     groups = fo.SGD(
-        [{"params": {"w": jnp.ones(2)}}, {"params": [jnp.ones(3)], "lr": 1.0}], lr=0.5)
+        [{"params": {"w": jnp.ones(2)}}, {"params": [jnp.ones(3)], "lr": 1.0}], lr=0.5
+    )
     groups.step([{"w": jnp.ones(2)}, [jnp.ones(3)]])
     w, (v,) = groups.params[0]["w"], groups.params[1]
     np.testing.assert_allclose(np.asarray(w), 0.5)
@@ -424,8 +473,11 @@ def test_grad_shape_mismatch_raises():
 def _twins(dtype="float64", **options):
     params = random_arrays(3, ((2,), (2, 3)), dtype)
     tensors = [to_torch(p, dtype).requires_grad_() for p in params]
-    return (fo.Adam([to_jax(p, dtype) for p in params], **options),
-            torch.optim.Adam(tensors, **options), tensors)
+    return (
+        fo.Adam([to_jax(p, dtype) for p in params], **options),
+        torch.optim.Adam(tensors, **options),
+        tensors,
+    )
 
 
 def _assert_params_close(opt, tensors, dtype="float64"):
@@ -471,13 +523,16 @@ def test_closure_is_differentiated_like_torch_backward(dtype):
     target = random_arrays(5, ((2,), (2, 3)), dtype)
 
     def loss(params):
-        return sum(jnp.sum(jnp.abs(p - jnp.asarray(t, p.dtype)) ** 2)
-                   for p, t in zip(params, target))
+        return sum(
+            jnp.sum(jnp.abs(p - jnp.asarray(t, p.dtype)) ** 2)
+            for p, t in zip(params, target)
+        )
 
     def torch_closure():
         torch_opt.zero_grad()
-        value = sum(((t - to_torch(x, dtype)).abs() ** 2).sum()
-                    for t, x in zip(tensors, target))
+        value = sum(
+            ((t - to_torch(x, dtype)).abs() ** 2).sum() for t, x in zip(tensors, target)
+        )
         value.backward()
         return value
 
@@ -556,13 +611,16 @@ def _hook_log(opt):
         opt.register_state_dict_pre_hook(lambda o: log.append("sd-pre0"), prepend=True),
         opt.register_state_dict_post_hook(lambda o, sd: log.append("sd-post")),
         opt.register_state_dict_post_hook(
-            lambda o, sd: log.append("sd-post0"), prepend=True),
+            lambda o, sd: log.append("sd-post0"), prepend=True
+        ),
         opt.register_load_state_dict_pre_hook(lambda o, sd: log.append("load-pre")),
         opt.register_load_state_dict_pre_hook(
-            lambda o, sd: log.append("load-pre0"), prepend=True),
+            lambda o, sd: log.append("load-pre0"), prepend=True
+        ),
         opt.register_load_state_dict_post_hook(lambda o: log.append("load-post")),
         opt.register_load_state_dict_post_hook(
-            lambda o: log.append("load-post0"), prepend=True),
+            lambda o: log.append("load-post0"), prepend=True
+        ),
     ]
     return log, handles
 
@@ -591,8 +649,10 @@ def test_modifying_hooks_and_global_hooks():
     calls = []
     # A pre hook replaces the step's arguments (args start with the optimizer).
     opt.register_step_pre_hook(lambda o, args, kwargs: ((o, [jnp.full(2, 2.0)]), {}))
-    with fo.register_optimizer_step_pre_hook(lambda o, a, k: calls.append("gpre")), \
-            fo.register_optimizer_step_post_hook(lambda o, a, k: calls.append("gpost")):
+    with (
+        fo.register_optimizer_step_pre_hook(lambda o, a, k: calls.append("gpre")),
+        fo.register_optimizer_step_post_hook(lambda o, a, k: calls.append("gpost")),
+    ):
         opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
         opt.step([jnp.ones(2)])
     np.testing.assert_allclose(np.asarray(opt.params[0]), -1.0)
@@ -604,7 +664,8 @@ def test_modifying_hooks_and_global_hooks():
     assert opt.state_dict()["extra"] == 1
     lr = []
     opt.register_load_state_dict_pre_hook(
-        lambda o, sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": 0.25}]})
+        lambda o, sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": 0.25}]}
+    )
     opt.register_load_state_dict_post_hook(lambda o: lr.append(o.param_groups[0]["lr"]))
     opt.load_state_dict(opt.state_dict())
     assert lr == [0.25]
@@ -617,8 +678,7 @@ def test_modifying_hooks_and_global_hooks():
 # --- state dicts --------------------------------------------------------------
 
 
-INTEROP = [c for i, c in enumerate(CASES)
-           if c.ours not in {d.ours for d in CASES[:i]}]
+INTEROP = [c for i, c in enumerate(CASES) if c.ours not in {d.ours for d in CASES[:i]}]
 
 
 @pytest.mark.parametrize("c", INTEROP, ids=[c.ours.__name__ for c in INTEROP])
@@ -689,6 +749,7 @@ def _set(path, value):
             del node[path[-1]]
         else:
             node[path[-1]] = value
+
     return corrupt
 
 
@@ -714,7 +775,8 @@ CORRUPTIONS = {
     "missing group option": _set(("param_groups", 0, "betas"), KeyError),
     "invalid group option": _set(("param_groups", 0, "lr"), -1.0),
     "group count": lambda sd: sd["param_groups"].append(
-        {**sd["param_groups"][0], "params": []}),
+        {**sd["param_groups"][0], "params": []}
+    ),
     "group size": _set(("param_groups", 0, "params"), [0, 1, 2]),
     "no param_groups": _set(("param_groups",), KeyError),
     "another optimizer's state": _sgd_state_dict,
@@ -732,8 +794,10 @@ def test_corrupted_state_dict_leaves_optimizer_unchanged(name):
 
     opt, twin = make(), make()
     sd = opt.state_dict()
-    sd = {"state": {k: dict(v) for k, v in sd["state"].items()},
-          "param_groups": [dict(g) for g in sd["param_groups"]]}
+    sd = {
+        "state": {k: dict(v) for k, v in sd["state"].items()},
+        "param_groups": [dict(g) for g in sd["param_groups"]],
+    }
     CORRUPTIONS[name](sd)
     before = _snapshot(opt)
     with pytest.raises((ValueError, KeyError)) as info:
@@ -756,8 +820,10 @@ def test_group_errors_have_torchs_messages():
         theirs["param_groups"] = [dict(g) for g in theirs["param_groups"]]
         corrupt(ours)
         corrupt(theirs)
-        _raises_like_torch(functools.partial(opt.load_state_dict, ours),
-                           functools.partial(torch_opt.load_state_dict, theirs))
+        _raises_like_torch(
+            functools.partial(opt.load_state_dict, ours),
+            functools.partial(torch_opt.load_state_dict, theirs),
+        )
 
 
 def test_state_dict_is_a_snapshot():

@@ -331,3 +331,18 @@ def test_float32_without_x64_matches_torch():
 def test_sgd_accepts_nan_lr_like_torch():
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float("nan"))
     fo.sgd(lr=float("nan"))
+
+
+def test_optax_chain_forwards_extra_args_to_our_transforms():
+    """optax.chain passes ``value`` on: reduce-on-plateau sees a flat loss and cuts
+    the step, exactly as inside fo.chain."""
+    params = jnp.ones(2)
+    results = []
+    for chain in (optax.chain, fo.chain):
+        tx = chain(fo.sgd(lr=1.0), fo.reduce_on_plateau(patience=1, factor=0.5))
+        state = tx.init(params)
+        for _ in range(4):  # the same loss every time: a plateau
+            updates, state = tx.update(jnp.ones(2), state, params, value=1.0)
+        results.append(updates)
+    np.testing.assert_allclose(results[0], results[1])
+    np.testing.assert_allclose(results[0], -0.5 * jnp.ones(2))

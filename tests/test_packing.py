@@ -40,11 +40,17 @@ ELEMENTWISE = {
 }
 
 TORCH = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "adamax": torch.optim.Adamax, "adagrad": torch.optim.Adagrad,
-    "adadelta": torch.optim.Adadelta, "rmsprop": torch.optim.RMSprop,
-    "rprop": torch.optim.Rprop, "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam, "asgd": torch.optim.ASGD,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop,
+    "rprop": torch.optim.Rprop,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "asgd": torch.optim.ASGD,
 }
 
 
@@ -58,7 +64,8 @@ def test_every_elementwise_algorithm_opts_in():
     for name in ELEMENTWISE:
         tx_module = getattr(fo, name).__module__
         algorithms = [
-            v for v in vars(__import__(tx_module, fromlist=["_"])).values()
+            v
+            for v in vars(__import__(tx_module, fromlist=["_"])).values()
             if isinstance(v, fo.algorithms.base.Algorithm)
         ]
         assert algorithms and all(a.elementwise for a in algorithms), name
@@ -84,8 +91,11 @@ def test_buckets_split_by_shape_dtype_state_and_size(packed):
         *((name, "float64") for name in ELEMENTWISE),
         # The stacking itself is dtype-agnostic: other dtypes on a few rules,
         # including ASGD's per-leaf scalar state (eta, mu).
-        *((name, dtype) for name in ("sgd", "adam", "asgd")
-          for dtype in ("complex64", "bfloat16")),
+        *(
+            (name, dtype)
+            for name in ("sgd", "adam", "asgd")
+            for dtype in ("complex64", "bfloat16")
+        ),
     ],
 )
 def test_packed_equals_per_leaf(name, dtype, monkeypatch):

@@ -28,6 +28,12 @@ def _init(param, o: Options) -> dict:
     return {"prev": jnp.zeros_like(param), "step_size": jnp.full_like(param, fill)}
 
 
+def _torch_sign(x):
+    """``torch.sign``: 0 for NaN (``jnp.sign`` gives NaN), so a NaN gradient leaves
+    its step size and parameter alone, as in torch."""
+    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+
+
 def _step(param, grad, state, o: Options):
     etaminus, etaplus = o.etas
     step_size_min, step_size_max = o.step_sizes
@@ -38,7 +44,7 @@ def _step(param, grad, state, o: Options):
     # torch writes the etas into a tensor of the parameter's dtype and then compares
     # it with etaminus, so the comparisons are made after rounding to that dtype.
     etaminus_t = jnp.asarray(etaminus, dtype)
-    sign = jnp.sign(grad * prev)
+    sign = _torch_sign(grad * prev)
     factor = jnp.where(sign > 0, jnp.asarray(etaplus, dtype), sign)
     factor = jnp.where(factor < 0, etaminus_t, factor)
     factor = jnp.where(factor == 0, jnp.ones((), dtype), factor)
@@ -46,7 +52,7 @@ def _step(param, grad, state, o: Options):
     step_size = jnp.clip(step_size * factor, step_size_min, step_size_max)
     # After a sign change the gradient is forgotten: no move now, no sign next time.
     grad = jnp.where(factor == etaminus_t, jnp.zeros((), dtype), grad)
-    new_param = param - jnp.sign(grad) * step_size
+    new_param = param - _torch_sign(grad) * step_size
     return new_param, {"step": state["step"] + 1, "prev": grad, "step_size": step_size}
 
 

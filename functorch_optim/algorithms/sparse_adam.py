@@ -105,17 +105,29 @@ def _step(param, grad, state, o: Options):
         return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     grad = sparse.bcoo_update_layout(grad, n_batch=0)  # torch has no batch dims
-    n_rows = math.prod(param.shape[: grad.n_sparse])
-    table_shape = (n_rows,) + param.shape[grad.n_sparse :]
-    rows, grad_values = _coalesce(grad, n_rows)
+    # A gradient with no sparse dimension holds the whole parameter as one row.
+    sparse_shape = param.shape[: grad.n_sparse] or (1,)
+    table_shape = sparse_shape + param.shape[grad.n_sparse :]
+    rows, grad_values = _coalesce(grad, math.prod(sparse_shape))
     if o.maximize:
         grad_values = -grad_values
 
+    # Index the sparse dimensions one by one (no flattening of the parameter), so a
+    # sharded parameter keeps its sharding. Unravelled by hand: padding rows
+    # (n_rows) must fall out of range in the first dimension (jnp.unravel_index
+    # would clip them onto the last entry).
+    index, rest = [], rows
+    for size in reversed(sparse_shape[1:]):
+        index.insert(0, rest % size)
+        rest = rest // size
+    index = (rest, *index)
+
     def gather(x):
-        return x.reshape(table_shape).at[rows].get(mode="fill", fill_value=0)
+        return x.reshape(table_shape).at[index].get(mode="fill", fill_value=0)
 
     def scatter_add(x, values):
-        return x.reshape(table_shape).at[rows].add(values, mode="drop").reshape(x.shape)
+        table = x.reshape(table_shape).at[index].add(values, mode="drop")
+        return table.reshape(x.shape)
 
     # old + (1 - b) * (new - old), at the gradient's entries only.
     old_exp_avg = gather(exp_avg)

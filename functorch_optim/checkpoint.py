@@ -1,0 +1,380 @@
+"""Save and restore optimizer state exactly: functional states and facade state dicts.
+
+Two on-disk formats, one encoding of the structure:
+
+* ``format="msgpack"`` (default): one file; arrays are packed with
+  ``flax.serialization``'s msgpack codec (dtype, shape, bytes; arrays over 1 GiB are
+  chunked), inside a small envelope (magic, payload length, SHA-256) so a missing,
+  truncated or foreign file is reported as such instead of decoded into garbage.
+* ``format="orbax"``: a directory; the arrays go through orbax's
+  ``StandardCheckpointer`` (tensorstore, atomic commit, sharded arrays) and the
+  structure into ``structure.fockpt``, an envelope of the same kind.
+
+The structure is recorded exactly, which neither backend does alone: dict keys keep
+their type (a facade ``state_dict()`` is keyed by ``int``), tuples stay tuples
+(``betas``), lists stay lists, ``None``, ``bool``, ``int``, ``float`` (``nan`` and
+``inf`` included), ``str`` and ``complex`` come back as themselves, and arrays come
+back with their dtype (``bfloat16`` and ``complex64`` included), shape and kind
+(JAX array or NumPy array). Other pytree nodes (flax ``nnx.State``, optax's
+namedtuple states, dataclasses) are stored as their leaves and need ``like=`` to be
+rebuilt, as with orbax.
+
+Example::
+
+    >>> fo.checkpoint.save("opt.ckpt", opt.state_dict())          # facade
+    >>> opt.load_state_dict(fo.checkpoint.restore("opt.ckpt"))
+    >>> fo.checkpoint.save("run.ckpt", {"params": params, "opt_state": state})
+    >>> restored = fo.checkpoint.restore("run.ckpt", like={"params": params,
+    ...                                                    "opt_state": state})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+__all__ = ["CheckpointError", "restore", "save"]
+
+_MAGIC = b"FUNCTORCH_OPTIM\x00"
+_VERSION = 1
+# magic, format version, payload length; the SHA-256 of the payload follows it.
+_HEADER = struct.Struct("<16sIQ")
+_DIGEST = 32
+_STRUCTURE_FILE = "structure.fockpt"
+_ARRAYS_DIR = "arrays"
+_FORMATS = ("msgpack", "orbax")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be read: foreign, truncated or corrupted,
+    or that does not match the ``like`` tree it is restored into."""
+
+
+# --- the exact structure encoding ------------------------------------------------
+#
+# Every container becomes a list ``[tag, ...]``; scalars stay msgpack scalars, so a
+# tagged list is never ambiguous with user data.
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _encode(x: Any, arrays: list | None, path: str) -> Any:
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, int):
+        if -(2**63) <= x < 2**64:
+            return x
+        return ["bigint", str(x)]
+    if isinstance(x, float):
+        return x
+    if isinstance(x, complex):
+        return ["complex", x.real, x.imag]
+    if _is_array(x):
+        kind = "jax" if isinstance(x, jax.Array) else "numpy"
+        value = np.asarray(x)
+        if kind == "numpy" and isinstance(x, np.generic):
+            kind = "numpy-scalar"
+        if arrays is None or value.size == 0:  # orbax cannot store empty arrays
+            return ["array", kind, value]
+        arrays.append(value if isinstance(x, np.generic) else x)
+        return ["ref", kind, len(arrays) - 1]
+    if type(x) is dict:
+        return [
+            "dict",
+            [
+                [_encode(k, None, path), _encode(v, arrays, f"{path}[{k!r}]")]
+                for k, v in x.items()
+            ],
+        ]
+    if type(x) in (list, tuple):
+        return [
+            type(x).__name__,
+            [_encode(v, arrays, f"{path}[{i}]") for i, v in enumerate(x)],
+        ]
+    leaves, treedef = jax.tree.flatten(x)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # not a pytree node
+        raise TypeError(
+            f"cannot checkpoint {type(x).__name__!r} at {path or 'the root'}: "
+            "only arrays, Python scalars, strings, None and pytrees of them"
+        )
+    return [
+        "node",
+        type(x).__qualname__,
+        [_encode(v, arrays, f"{path}<leaf {i}>") for i, v in enumerate(leaves)],
+    ]
+
+
+class _Node:
+    """A pytree node of a type this module does not rebuild without ``like``."""
+
+    def __init__(self, typename: str, leaves: list) -> None:
+        self.typename, self.leaves = typename, leaves
+
+
+def _decode(x: Any, arrays: dict | None) -> Any:
+    if not isinstance(x, list):
+        return x
+    tag = x[0]
+    if tag == "bigint":
+        return int(x[1])
+    if tag == "complex":
+        return complex(x[1], x[2])
+    if tag in ("array", "ref"):
+        value = x[2] if tag == "array" else arrays[x[2]]
+        if x[1] == "jax":
+            return jax.numpy.asarray(value)
+        value = np.asarray(value)
+        return value[()] if x[1] == "numpy-scalar" else value
+    if tag == "dict":
+        return {_decode(k, None): _decode(v, arrays) for k, v in x[1]}
+    if tag == "list":
+        return [_decode(v, arrays) for v in x[1]]
+    if tag == "tuple":
+        return tuple(_decode(v, arrays) for v in x[1])
+    if tag == "node":
+        return _Node(x[1], [_decode(v, arrays) for v in x[2]])
+    raise CheckpointError(f"unknown entry {tag!r} in the checkpoint")
+
+
+# --- fitting a restored tree into ``like`` ----------------------------------------
+
+
+def _mismatch(path: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"the checkpoint does not match `like` at {path or 'the root'}: {what}"
+    )
+
+
+def _fit(value: Any, like: Any, path: str) -> Any:
+    if isinstance(value, _Node):
+        like_leaves, treedef = jax.tree.flatten(like)
+        if len(like_leaves) != len(value.leaves):
+            raise _mismatch(
+                path,
+                f"a {value.typename} of {len(value.leaves)} leaves, `like` has "
+                f"{len(like_leaves)}",
+            )
+        return jax.tree.unflatten(
+            treedef,
+            [
+                _fit(v, leaf, f"{path}<leaf {i}>")
+                for i, (v, leaf) in enumerate(zip(value.leaves, like_leaves))
+            ],
+        )
+    if isinstance(like, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)):
+        if not _is_array(value):
+            raise _mismatch(path, f"{type(value).__name__}, `like` has an array")
+        if value.shape != like.shape or value.dtype != like.dtype:
+            raise _mismatch(
+                path,
+                f"{value.dtype}{list(value.shape)}, `like` has "
+                f"{like.dtype}{list(like.shape)}",
+            )
+        sharding = getattr(like, "sharding", None)
+        if sharding is not None:  # place it as `like` is placed (devices, mesh)
+            return jax.device_put(value, sharding)
+        return value
+    if type(like) is dict:
+        if type(value) is not dict or set(value) != set(like):
+            have = sorted(map(repr, value)) if type(value) is dict else value
+            raise _mismatch(path, f"keys {have}, `like` has {sorted(map(repr, like))}")
+        return {k: _fit(value[k], like[k], f"{path}[{k!r}]") for k in like}
+    if type(like) in (list, tuple):
+        if type(value) is not type(like) or len(value) != len(like):
+            raise _mismatch(
+                path,
+                f"{type(value).__name__} of {_length(value)}, `like` has a "
+                f"{type(like).__name__} of {len(like)}",
+            )
+        return type(like)(
+            _fit(v, w, f"{path}[{i}]") for i, (v, w) in enumerate(zip(value, like))
+        )
+    if isinstance(value, (dict, list, tuple)) or _is_array(value):
+        raise _mismatch(path, f"a {type(value).__name__}, `like` has {like!r}")
+    if like is not None and not isinstance(like, (bool, int, float, complex, str)):
+        # a custom pytree node in `like` where the checkpoint holds a builtin
+        raise _mismatch(path, f"{value!r}, `like` has a {type(like).__name__}")
+    return value
+
+
+def _length(x: Any) -> str:
+    return f"{len(x)}" if isinstance(x, (list, tuple, dict)) else "-"
+
+
+def _no_nodes(value: Any, path: str) -> Any:
+    if isinstance(value, _Node):
+        raise CheckpointError(
+            f"the checkpoint holds a {value.typename} pytree at {path or 'the root'}; "
+            "pass like= a tree of the same structure (e.g. the freshly initialized "
+            "state) to rebuild it"
+        )
+    if type(value) is dict:
+        for k, v in value.items():
+            _no_nodes(v, f"{path}[{k!r}]")
+    elif type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            _no_nodes(v, f"{path}[{i}]")
+    return value
+
+
+# --- the envelope ----------------------------------------------------------------
+
+
+def _write_atomically(path: str, payload: bytes) -> None:
+    # Written next to the target and renamed, so a crash never leaves half a file.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fockpt-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_HEADER.pack(_MAGIC, _VERSION, len(payload)))
+            f.write(hashlib.sha256(payload).digest())
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_envelope(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _HEADER.size or not data.startswith(_MAGIC):
+        raise CheckpointError(f"{path} is not a functorch_optim checkpoint")
+    _, version, length = _HEADER.unpack_from(data)
+    if version != _VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this functorch_optim "
+            f"reads version {_VERSION}"
+        )
+    payload = data[_HEADER.size + _DIGEST :]
+    if len(payload) != length:
+        raise CheckpointError(
+            f"{path} is truncated: {len(payload)} of {length} payload bytes"
+            if len(payload) < length
+            else f"{path} has {len(payload) - length} bytes of trailing data"
+        )
+    if hashlib.sha256(payload).digest() != data[_HEADER.size : _HEADER.size + _DIGEST]:
+        raise CheckpointError(f"{path} is corrupted: its checksum does not match")
+    return payload
+
+
+def _pack(encoded: Any) -> bytes:
+    return serialization.msgpack_serialize(encoded, in_place=True)
+
+
+def _unpack(payload: bytes, path: str) -> Any:
+    try:
+        return serialization.msgpack_restore(payload)
+    except Exception as e:  # a checksummed payload this version cannot read
+        raise CheckpointError(f"{path} could not be decoded: {e}") from e
+
+
+# --- public API --------------------------------------------------------------------
+
+
+def save(path: str | os.PathLike, tree: Any, *, format: str = "msgpack") -> None:
+    """Write ``tree`` to ``path`` so that :func:`restore` returns it exactly.
+
+    Args:
+      path: a file (``format="msgpack"``) or a directory (``format="orbax"``) to
+        create or overwrite. The msgpack file is written atomically; orbax commits
+        its directory atomically.
+      tree: a functional optimizer state, ``(params, state)``, a facade
+        ``state_dict()``, or any pytree of arrays and Python scalars. Dicts (any
+        hashable scalar keys), lists, tuples, ``None``, numbers and strings are
+        recorded as themselves; other pytree nodes as their leaves.
+      format: ``"msgpack"`` (``flax.serialization``) or ``"orbax"``.
+
+    Example:
+      >>> fo.checkpoint.save("step_100.ckpt", {"params": params, "state": state})
+    """
+    path = os.fspath(path)
+    if format not in _FORMATS:
+        raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+    if format == "msgpack":
+        _write_atomically(path, _pack([_VERSION, _encode(tree, None, "")]))
+        return
+    import orbax.checkpoint as ocp
+
+    arrays: list = []
+    structure = _encode(tree, arrays, "")
+    os.makedirs(path, exist_ok=True)
+    target = os.path.join(os.path.abspath(path), _ARRAYS_DIR)
+    if arrays:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(
+                target, {str(i): a for i, a in enumerate(arrays)}, force=True
+            )
+            checkpointer.wait_until_finished()
+    # The structure is written last: its presence marks a complete checkpoint.
+    _write_atomically(
+        os.path.join(path, _STRUCTURE_FILE),
+        _pack([_VERSION, structure, len(arrays)]),
+    )
+
+
+def restore(path: str | os.PathLike, like: Any = None) -> Any:
+    """Read a checkpoint written by :func:`save` (either format, detected).
+
+    Args:
+      path: the file or directory given to :func:`save`.
+      like: optional tree of the expected structure (arrays or
+        ``jax.ShapeDtypeStruct``): every array must have its shape and dtype, and is
+        placed with its sharding; pytree nodes other than dicts, lists and tuples
+        (``nnx.State``, optax states) are rebuilt from it.
+
+    Returns:
+      The saved tree, with the same containers, key types, Python scalars, dtypes
+      and array kinds.
+
+    Raises:
+      FileNotFoundError: nothing at ``path``.
+      CheckpointError: (a ``ValueError``) the file is not a checkpoint, is
+        truncated or corrupted, or does not match ``like``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    arrays = None
+    if os.path.isdir(path):
+        structure_path = os.path.join(path, _STRUCTURE_FILE)
+        if not os.path.exists(structure_path):
+            raise CheckpointError(
+                f"{path} is not a complete functorch_optim checkpoint: "
+                f"{_STRUCTURE_FILE} is missing"
+            )
+        _, structure, count = _unpack(_read_envelope(structure_path), structure_path)
+        if count:
+            import orbax.checkpoint as ocp
+
+            try:
+                with ocp.StandardCheckpointer() as checkpointer:
+                    stored = checkpointer.restore(os.path.join(path, _ARRAYS_DIR))
+            except Exception as e:
+                raise CheckpointError(
+                    f"the arrays of {path} could not be read: {e}"
+                ) from e
+            arrays = {int(k): v for k, v in stored.items()}
+            if sorted(arrays) != list(range(count)):
+                raise CheckpointError(
+                    f"{path} holds {len(arrays)} arrays, its structure {count}"
+                )
+    else:
+        decoded = _unpack(_read_envelope(path), path)
+        if not isinstance(decoded, list) or len(decoded) != 2:
+            raise CheckpointError(f"{path} could not be decoded: unexpected layout")
+        _, structure = decoded
+    tree = _decode(structure, arrays)
+    return _no_nodes(tree, "") if like is None else _fit(tree, like, "")
