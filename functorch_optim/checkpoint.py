@@ -101,7 +101,8 @@ def _encode(x: Any, arrays: list | None, path: str) -> Any:
             [_encode(v, arrays, f"{path}[{i}]") for i, v in enumerate(x)],
         ]
     leaves, treedef = jax.tree.flatten(x)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # not a pytree node
+    # not a pytree node (jaxlib ships no stubs for PyTreeDef)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]
         raise TypeError(
             f"cannot checkpoint {type(x).__name__!r} at {path or 'the root'}: "
             "only arrays, Python scalars, strings, None and pytrees of them"
@@ -129,7 +130,12 @@ def _decode(x: Any, arrays: dict | None) -> Any:
     if tag == "complex":
         return complex(x[1], x[2])
     if tag in ("array", "ref"):
-        value = x[2] if tag == "array" else arrays[x[2]]
+        if tag == "array":
+            value = x[2]
+        else:  # save() writes a "ref" only with the arrays it refers to
+            if arrays is None or x[2] not in arrays:
+                raise CheckpointError(f"a reference to a missing array {x[2]!r}")
+            value = arrays[x[2]]
         if x[1] == "jax":
             return jax.numpy.asarray(value)
         value = np.asarray(value)
@@ -376,5 +382,8 @@ def restore(path: str | os.PathLike, like: Any = None) -> Any:
         if not isinstance(decoded, list) or len(decoded) != 2:
             raise CheckpointError(f"{path} could not be decoded: unexpected layout")
         _, structure = decoded
-    tree = _decode(structure, arrays)
+    try:
+        tree = _decode(structure, arrays)
+    except (CheckpointError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} could not be decoded: {e}") from e
     return _no_nodes(tree, "") if like is None else _fit(tree, like, "")

@@ -155,7 +155,7 @@ def _with_step_hooks(step: Callable) -> Callable:
             post_hook(self, args, kwargs)
         return out
 
-    hooked_step.hooked = True
+    hooked_step.hooked = True  # type: ignore[attr-defined]  # a function attribute
     return hooked_step
 
 
@@ -317,7 +317,7 @@ class Optimizer:
       defaults: the validated constructor options, filled into every group.
     """
 
-    algorithm: ClassVar[Algorithm | None] = None
+    algorithm: ClassVar[Algorithm]
     # torch's Adagrad creates its state in the constructor, not at the first step.
     state_at_construction: ClassVar[bool] = False
     # torch keeps 'step' as a float32 tensor, except SparseAdam (a Python int).
@@ -334,7 +334,8 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "hooked", False):
-            cls.step = _with_step_hooks(step)
+            # step hooks wrap step, as torch patches it
+            cls.step = _with_step_hooks(step)  # type: ignore[method-assign]
 
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
@@ -378,8 +379,10 @@ class Optimizer:
             if not jax.tree.leaves(params):
                 raise ValueError("optimizer got an empty parameter list")
             self.add_param_group({"params": params})
-        if self.check_params is not None:
-            self.check_params([group["params"] for group in self.param_groups])
+        # a staticmethod: read from the class, where it is a plain function
+        check_params = type(self).check_params
+        if check_params is not None:
+            check_params([group["params"] for group in self.param_groups])
         if self.state_at_construction:
             for g, group in enumerate(self.param_groups):
                 options = self._group_options(group)
@@ -765,7 +768,7 @@ class Optimizer:
         """One leaf's state as torch keeps it: its names, 'step' as float32."""
         if state is None:
             return {}
-        out = {}
+        out: dict[str, Any] = {}
         for name in self.algorithm.state_names:
             if name == STEP and self.step_is_tensor:
                 out[STEP] = jnp.asarray(state[STEP], jnp.float32)
@@ -779,8 +782,8 @@ class Optimizer:
     def state(self) -> dict:
         """Per-parameter state under torch's names, for the params torch has state
         for, keyed by the parameter's index (or the parameter array itself)."""
-        items = {}
-        leaves = []
+        items: dict[int, dict] = {}
+        leaves: list[Any] = []
         for g, group in enumerate(self.param_groups):
             for i, state in enumerate(self._states[g]):
                 view = self._torch_state(state)
@@ -992,7 +995,8 @@ class Optimizer:
         return text + ")"
 
 
-Optimizer.step = _with_step_hooks(Optimizer.step)
+# step hooks wrap step, as torch patches it
+Optimizer.step = _with_step_hooks(Optimizer.step)  # type: ignore[method-assign]
 
 
 def _zeros_like(grad: Any) -> Any:
@@ -1111,6 +1115,7 @@ def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
     if not _is_array(value) and not isinstance(value, (int, float, complex, np.number)):
         raise ValueError(f"{where} must be an array, got {_typename(value)}")
     # A JAX array stays where it lives: it may be sharded over other processes.
+    array: jax.Array | np.ndarray
     if isinstance(value, jax.Array):
         array = value
     else:
@@ -1167,11 +1172,14 @@ def optimizer_class(
 
     params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    __init__.__signature__ = signature.replace(
+    # inspect reads a function's __signature__, which typeshed does not declare
+    __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[self_, params, *signature.parameters.values()],
         return_annotation=None,
     )
     functional = algorithm.functional.__name__
+    functional_doc = inspect.getdoc(algorithm.functional)
+    assert functional_doc is not None, f"{functional} has no docstring"
     doc = (
         f"``torch.optim.{algorithm.name}`` over JAX arrays: the stateful form of "
         f":func:`functorch_optim.{functional}` (see :class:`Optimizer`).\n\n"
@@ -1179,7 +1187,7 @@ def optimizer_class(
         f"      >>> opt = fo.{algorithm.name}(params)\n"
         f"      >>> opt.step(jax.grad(loss)(opt.params))\n\n"
         f"    The algorithm, as ``fo.{functional}`` documents it:\n\n    "
-        + inspect.getdoc(algorithm.functional).replace("\n", "\n    ")
+        + functional_doc.replace("\n", "\n    ")
     )
     return type(
         algorithm.name,

@@ -594,7 +594,7 @@ def to_torch_layout(state: dict) -> dict:
     ``history_size`` entries, ``None`` past the pairs in use. Arrays are NumPy.
     """
     n_iter = int(state["n_iter"])
-    out = {"func_evals": int(state["func_evals"]), "n_iter": n_iter}
+    out: dict[str, Any] = {"func_evals": int(state["func_evals"]), "n_iter": n_iter}
     if n_iter == 0:
         return out
     history_size = state["ro"].shape[0]
@@ -850,7 +850,7 @@ class LBFGS(Optimizer):
 
     algorithm = ALGORITHM
 
-    def __init__(self, params, *args, **kwargs):
+    def __init__(self, params, *args, **kwargs) -> None:
         given = _SIGNATURE.bind(*args, **kwargs)
         given.apply_defaults()
         super().__init__(params, lbfgs_options(**given.arguments))
@@ -860,7 +860,8 @@ class LBFGS(Optimizer):
             )
         self._compiled: OrderedDict = OrderedDict()
 
-    __init__.__signature__ = _SIGNATURE.replace(
+    # inspect reads a function's __signature__, which typeshed does not declare
+    __init__.__signature__ = _SIGNATURE.replace(  # type: ignore[attr-defined]
         parameters=[
             inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
             inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),

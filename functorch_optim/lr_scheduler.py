@@ -152,7 +152,7 @@ def _patch_track_step_called(scheduler: LRScheduler) -> None:
         optimizer._opt_called = True
         return func.__get__(optimizer, optimizer.__class__)(*args, **kwargs)
 
-    wrapper._wrapped_by_lr_sched = True
+    wrapper._wrapped_by_lr_sched = True  # type: ignore[attr-defined]  # a function attribute
     opt.step = wrapper
 
 
@@ -597,6 +597,8 @@ def _check_schedulers(owner: str, optimizer, schedulers: Sequence) -> None:
 class _SchedulerContainer(LRScheduler):
     """SequentialLR and ChainedScheduler: the state dict nests the children's."""
 
+    _schedulers: Sequence[LRScheduler]
+
     def state_dict(self) -> dict[str, Any]:
         state = {
             k: v
@@ -661,7 +663,8 @@ class SequentialLR(_SchedulerContainer):
         elif hasattr(scheds, "last_epoch"):
             scheds.last_epoch -= 1
 
-    def step(self) -> None:
+    # torch's SequentialLR.step takes no epoch (torch ignores [override] here too)
+    def step(self) -> None:  # type: ignore[override]
         """Step the scheduler of the current phase (restarting it at a milestone)."""
         self.last_epoch += 1
         idx = bisect_right(self._milestones, self.last_epoch)
@@ -780,7 +783,8 @@ class ChainedScheduler(_SchedulerContainer):
         self.optimizer = optimizer
         self._last_lr = _param_groups_val_list(self._schedulers[-1].optimizer, "lr")
 
-    def step(self) -> None:
+    # torch's ChainedScheduler.step takes no epoch (torch ignores [override] too)
+    def step(self) -> None:  # type: ignore[override]
         """Step every chained scheduler, in order."""
         for scheduler in self._schedulers:
             scheduler.step()
@@ -843,7 +847,9 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter = 0
         self.num_bad_epochs = 0
 
-    def step(self, metrics: SupportsFloat, epoch=None) -> None:
+    # torch's ReduceLROnPlateau.step takes the metric first (torch ignores
+    # [override] here too)
+    def step(self, metrics: SupportsFloat, epoch=None) -> None:  # type: ignore[override]
         """Record one epoch's metric and reduce the lr on a plateau."""
         current = float(metrics)
         if epoch is None:
@@ -940,12 +946,10 @@ class CyclicLR(LRScheduler):
             for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
                 _update_param_group_val(group, "lr", lr)
         self.max_lrs = _format_param("max_lr", optimizer, max_lr)
-        step_size_up = float(step_size_up)
-        step_size_down = (
-            float(step_size_down) if step_size_down is not None else step_size_up
-        )
-        self.total_size = step_size_up + step_size_down
-        self.step_ratio = step_size_up / self.total_size
+        up = float(step_size_up)
+        down = float(step_size_down) if step_size_down is not None else up
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
         S.check_cyclic_mode(mode, scale_fn)
         self.mode = mode
         self.gamma = gamma

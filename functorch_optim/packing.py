@@ -48,7 +48,7 @@ def _signature(param: Any, grad: Any, state: dict) -> tuple | None:
     """Leaves with equal signatures can be stacked; None = never packed."""
     if grad is None or not hasattr(param, "shape") or param.size > MAX_PACKED_SIZE:
         return None
-    entries = []
+    entries: list[tuple] = []
     for k, v in sorted(state.items()):
         if v is None:
             entries.append((k, None))

@@ -15,6 +15,7 @@ from reference import (
     functional_trajectory,
     grad_sequence,
     random_arrays,
+    scale_lr_after_each_step,
     torch_trajectory,
 )
 
@@ -133,15 +134,7 @@ def test_lr_schedule_is_evaluated_on_the_step_count():
     grads = grad_sequence(STEPS, SHAPES, "float64")
 
     def make_torch(ps):
-        opt = torch.optim.Adam(ps, lr=0.1)
-        original_step = opt.step
-
-        def step():
-            original_step()
-            opt.param_groups[0]["lr"] *= 0.5
-
-        opt.step = step
-        return opt
+        return scale_lr_after_each_step(torch.optim.Adam(ps, lr=0.1), 0.5)
 
     expected = torch_trajectory(make_torch, params, grads, "float64")
     actual = functional_trajectory(fo.adam(lr=schedule), params, grads, "float64")

@@ -116,11 +116,12 @@ def _step(param, grad, state, o: Options):
     # sharded parameter keeps its sharding. Unravelled by hand: padding rows
     # (n_rows) must fall out of range in the first dimension (jnp.unravel_index
     # would clip them onto the last entry).
-    index, rest = [], rows
+    digits: list[jax.Array] = []
+    rest = rows
     for size in reversed(sparse_shape[1:]):
-        index.insert(0, rest % size)
+        digits.insert(0, rest % size)
         rest = rest // size
-    index = (rest, *index)
+    index = (rest, *digits)
 
     def gather(x):
         return x.reshape(table_shape).at[index].get(mode="fill", fill_value=0)
