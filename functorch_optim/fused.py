@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import sparse as jsparse
 
 from . import packing
 from .algorithms.base import Algorithm, Options, to_complex, to_real
@@ -101,6 +102,7 @@ def step_leaves(
     same-shape leaves as one stacked array (:mod:`functorch_optim.packing`): the
     same rule, the same numerics, one kernel instead of one per leaf.
     """
+    grads = [_taken_grad(algorithm, g, options) for g in grads]
     if algorithm.elementwise and packing.ENABLED:
         return packing.step_packed(
             lambda p, g, s, o: step_leaf(algorithm, p, g, s, o),
@@ -114,6 +116,16 @@ def step_leaves(
         for p, g, s in zip(params, grads, states, strict=True)
     ]
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def _taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:
+    """A sparse gradient as the algorithm takes it (see ``Algorithm.sparse_grads``)."""
+    if not isinstance(grad, jsparse.BCOO) or algorithm.sparse_grads == "native":
+        return grad
+    error = algorithm.sparse_grad_error(options)
+    if error is not None:
+        raise RuntimeError(error)
+    return grad.todense()
 
 
 # --- between a dict of trees and a list of per-leaf dicts ------------------------

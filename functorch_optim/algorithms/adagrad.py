@@ -124,4 +124,10 @@ ADAGRAD = Algorithm(
     validate=_validate,
     state_names=("step", "sum"),
     elementwise=True,
+    sparse_grads="densify",
+    sparse_grad_message=lambda o: (
+        "weight_decay option is not compatible with sparse gradients"
+        if nonzero(o.weight_decay)
+        else None
+    ),
 )

@@ -178,6 +178,12 @@ adamw.__doc__ = (
     """
 )
 
+
+def _sparse_grad_message(o: Options) -> str:
+    # AdamW is a subclass of Adam in torch: both say "Adam".
+    return "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 ADAM = Algorithm(
@@ -187,6 +193,7 @@ ADAM = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    sparse_grad_message=_sparse_grad_message,
     elementwise=True,
 )
 
@@ -197,6 +204,7 @@ ADAMW = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    sparse_grad_message=_sparse_grad_message,
     elementwise=True,
     fixed={"decoupled_weight_decay": True},
 )

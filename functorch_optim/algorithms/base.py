@@ -72,6 +72,13 @@ class Algorithm:
         depend on the parameter values, so ``update`` may be called without params.
       fixed: options torch sets itself and keeps in ``param_groups`` without a
         constructor keyword (AdamW's ``decoupled_weight_decay=True``).
+      sparse_grads: how a sparse (``jax.experimental.sparse.BCOO``) gradient is
+        taken: ``"native"`` (the rule reads it: SparseAdam), ``"densify"`` (torch
+        accepts it and, with a zero gradient leaving a parameter and its state
+        unchanged, its result equals the dense step's: SGD, Adagrad) or
+        ``"reject"`` (torch raises :meth:`sparse_grad_error`).
+      sparse_grad_message: ``message(options)``, torch's error for a sparse
+        gradient under these options, or None where torch accepts one.
       elementwise: the step of a leaf acts on each element independently (given the
         leaf's scalar state such as ``step``), so leaves of one shape may be stepped
         together, stacked (:mod:`functorch_optim.packing`).
@@ -88,6 +95,8 @@ class Algorithm:
         options.get("weight_decay", 0.0)
     )
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sparse_grads: str = "reject"
+    sparse_grad_message: Callable[[Options], str | None] | None = None
     elementwise: bool = False
 
     @property
@@ -95,6 +104,14 @@ class Algorithm:
         """torch's constructor keywords and defaults, in torch's order."""
         signature = inspect.signature(self.functional).parameters
         return {name: p.default for name, p in signature.items()} | dict(self.fixed)
+
+    def sparse_grad_error(self, options: Options) -> str | None:
+        """torch's error for a sparse gradient with these options, if it has one."""
+        if self.sparse_grad_message is not None:
+            return self.sparse_grad_message(options)
+        if self.sparse_grads == "reject":
+            return f"{self.name} does not support sparse gradients"
+        return None
 
     def options(self, given: Mapping[str, Any]) -> Options:
         """Fill defaults, check unknown names, and validate as torch's constructor."""

@@ -108,4 +108,10 @@ SGD = Algorithm(
     state_names=("momentum_buffer",),
     elementwise=True,
     complex_as_real=False,  # every operation of the rule is linear
+    sparse_grads="densify",
+    sparse_grad_message=lambda o: (
+        "add(sparse, dense) is not supported. Use add(dense, sparse) instead."
+        if nonzero(o.weight_decay)
+        else None
+    ),
 )

@@ -218,4 +218,5 @@ SPARSE_ADAM = Algorithm(
     state_names=("step", "exp_avg", "exp_avg_sq"),
     complex_as_real=False,  # torch rejects complex parameters
     reads_params=lambda options: False,
+    sparse_grads="native",
 )
