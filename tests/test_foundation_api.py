@@ -346,3 +346,20 @@ def test_optax_chain_forwards_extra_args_to_our_transforms():
         results.append(updates)
     np.testing.assert_allclose(results[0], results[1])
     np.testing.assert_allclose(results[0], -0.5 * jnp.ones(2))
+
+
+@pytest.mark.parametrize(
+    "name,torch_cls,options",
+    [
+        ("sgd", torch.optim.SGD, dict(lr="0.1")),
+        ("adam", torch.optim.Adam, dict(lr="0.1")),
+        ("adam", torch.optim.Adam, dict(eps=[1e-8])),
+        ("adamw", torch.optim.AdamW, dict(weight_decay="0")),
+    ],
+)
+def test_non_numeric_hyperparameters_raise_torchs_type_error(name, torch_cls, options):
+    expected = _torch_error(torch_cls, options)
+    assert isinstance(expected, TypeError)
+    with pytest.raises(TypeError) as ours:
+        getattr(fo, name)(**options)
+    assert str(ours.value) == str(expected)

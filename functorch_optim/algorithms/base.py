@@ -135,15 +135,17 @@ def known_value(x: Any) -> Any:
 
     Python numbers are returned as they are; concrete JAX/NumPy scalars as Python
     numbers; schedules (callables) and traced values give None, so validation skips
-    what it cannot see, as torch skips nothing it can.
+    what it cannot see, as torch skips nothing it can. Anything else (a string, a
+    list) is returned as it is, so the check compares it and raises the
+    ``TypeError`` torch's own comparison raises.
     """
     if callable(x) or x is None:
         return None
-    if isinstance(x, (bool, int, float)):
-        return x
-    if hasattr(x, "shape") and getattr(x, "size", 1) == 1 and is_concrete(x):
-        return float(jnp.asarray(x).reshape(()))
-    return None
+    if hasattr(x, "shape"):
+        if getattr(x, "size", 1) == 1 and is_concrete(x):
+            return float(jnp.asarray(x).reshape(()))
+        return None
+    return x
 
 
 def require(ok: Callable[[Any], bool], value: Any, message: str) -> None:
