@@ -33,6 +33,7 @@ from .algorithms.base import (
     to_complex,
     to_real,
 )
+from .checks import check_param_dtypes
 from .core import GradientTransformation, scalar_dtype
 from .facade import Optimizer
 
@@ -769,6 +770,7 @@ def lbfgs(
     check_line_search(options)
 
     def init(params):
+        check_param_dtypes(params)
         return init_state(flatten(params)[0], options.history_size)
 
     def update(grads, state, params=None, *, value_fn=None, value=None, **extra_args):

@@ -274,12 +274,11 @@ def test_integer_and_boolean_params_are_rejected(cls, dtype):
         cls({"w": [good, bad]})
     with pytest.raises(TypeError, match=r"param_groups\[1\]\['params'\]" + message):
         cls([{"params": {"w": [good]}}, {"params": {"w": [good, bad]}}])
-    if cls is not fo.LBFGS:
-        tx = cls.algorithm.functional()
-        with pytest.raises(TypeError, match="params" + message):
-            tx.init({"w": [good, bad]})
-        with pytest.raises(TypeError, match="params" + message):
-            jax.eval_shape(tx.init, {"w": [good, jax.ShapeDtypeStruct((2, 2), dtype)]})
+    tx = fo.lbfgs() if cls is fo.LBFGS else cls.algorithm.functional()
+    with pytest.raises(TypeError, match="params" + message):
+        tx.init({"w": [good, bad]})
+    with pytest.raises(TypeError, match="params" + message):
+        jax.eval_shape(tx.init, {"w": [good, jax.ShapeDtypeStruct((2, 2), dtype)]})
 
 
 # --- wrong gradients: clear errors, nothing changes -------------------------------
