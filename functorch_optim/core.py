@@ -65,6 +65,17 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
 
 
+def updates_between(new_params: PyTree, params: PyTree) -> PyTree:
+    """The updates that :func:`apply_updates` turns ``params`` into ``new_params``.
+
+    ``new - old``, but 0 where the two are equal, so that a parameter torch keeps at
+    inf stays inf instead of becoming ``inf + (inf - inf) = nan``.
+    """
+    return jax.tree.map(
+        lambda new, old: jnp.where(new == old, 0, new - old), new_params, params
+    )
+
+
 def _accepts_extra_args(update: UpdateFn) -> bool:
     try:
         parameters = inspect.signature(update).parameters.values()

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .algorithms.base import Algorithm
-from .core import GradientTransformation
+from .core import GradientTransformation, updates_between
 from .fused import init_tree, step_tree
 
 
@@ -36,13 +36,6 @@ def make_transform(
                 )
             params = jax.tree.map(jnp.zeros_like, grads)
         new_params, new_state = step_tree(algorithm, params, grads, state, options)
-        updates = jax.tree.map(_difference, new_params, params)
-        return updates, new_state
+        return updates_between(new_params, params), new_state
 
     return GradientTransformation(init, update)
-
-
-def _difference(new: jax.Array, old: jax.Array) -> jax.Array:
-    """``new - old``, but 0 where they are equal: a parameter torch keeps at inf
-    stays inf after ``apply_updates`` instead of becoming ``inf + (inf - inf)``."""
-    return jnp.where(new == old, 0, new - old)

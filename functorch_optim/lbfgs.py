@@ -34,7 +34,7 @@ from .algorithms.base import (
     to_real,
 )
 from .checks import check_param_dtypes
-from .core import GradientTransformation, scalar_dtype
+from .core import GradientTransformation, scalar_dtype, updates_between
 from .facade import Optimizer
 
 Array = jax.Array
@@ -781,8 +781,7 @@ def lbfgs(
                 "torch's LBFGS re-evaluates the objective"
             )
         new_params, state = step_flat(value_fn, params, state, options, value, grads)
-        updates = jax.tree.map(lambda new, old: new - old, new_params, params)
-        return updates, state
+        return updates_between(new_params, params), state
 
     return GradientTransformation(init, update)
 
