@@ -14,6 +14,7 @@ pairs live in ring buffers of ``history_size`` rows.
 from __future__ import annotations
 
 import inspect
+import types
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -822,9 +823,69 @@ def traced_values(options: Options) -> dict:
     }
 
 
+# Values a closure may capture by value in the compiled step's key: they cannot
+# change behind the key's back (a function's code is fixed once it exists).
+_IMMUTABLE = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.ModuleType,
+    type,
+)
+_ARRAY = "<captured array>"
+
+
+def _closure_key(closure: Callable) -> tuple[Any, list]:
+    """The compiled-step key of ``closure`` and the arrays it captures.
+
+    For a plain function whose captured variables (closure cells and defaults) are
+    all arrays or immutable values, the key is its code with the immutable values,
+    and the arrays are returned to be passed in: a closure redefined every step over
+    new data reuses one compiled step (jit retraces by itself if their shapes
+    change). Otherwise the key is the closure itself.
+    """
+    if not isinstance(closure, types.FunctionType):
+        return closure, []
+    try:
+        captured = [cell.cell_contents for cell in closure.__closure__ or ()]
+    except ValueError:  # a variable not bound yet
+        return closure, []
+    captured += list(closure.__defaults__ or ())
+    static: list[Any] = []
+    for value in captured:
+        if isinstance(value, (jax.Array, np.ndarray)):
+            static.append(_ARRAY)
+        elif isinstance(value, _IMMUTABLE):
+            static.append((type(value), value))
+        else:
+            return closure, []
+    arrays = [v for v in captured if isinstance(v, (jax.Array, np.ndarray))]
+    return (closure.__code__, tuple(static)), arrays
+
+
+def _with_captured(closure: Callable, arrays: list) -> Callable:
+    """``closure`` rebuilt over ``arrays`` (traced) in place of the ones it captured."""
+    if not arrays:
+        return closure
+    supply = iter(arrays)
+    fresh = lambda v: next(supply) if isinstance(v, (jax.Array, np.ndarray)) else v
+    cells = tuple(
+        types.CellType(fresh(cell.cell_contents)) for cell in closure.__closure__ or ()
+    )
+    defaults = tuple(fresh(v) for v in closure.__defaults__ or ()) or None
+    return types.FunctionType(
+        closure.__code__, closure.__globals__, closure.__name__, defaults, cells or None
+    )
+
+
 _SIGNATURE = inspect.signature(lbfgs)
-# compiled steps kept per optimizer, one per closure: a closure defined once and
-# passed to every step() compiles once
+# compiled steps kept per optimizer, one per closure key (see _closure_key)
 _COMPILED_CLOSURES = 8
 
 
@@ -835,8 +896,13 @@ class LBFGS(Optimizer):
     :attr:`params`) runs one torch ``step()``, differentiating the closure inside
     one compiled XLA computation, and returns the loss of its first evaluation.
     Changing ``lr``, ``max_iter``, ``max_eval`` or the tolerances in
-    ``param_groups`` does not recompile; a new closure object does, so define the
-    closure once. One parameter group only, as torch.
+    ``param_groups`` does not recompile. Nor does a closure defined anew for each
+    step (``opt.step(lambda p: loss_fn(p, x, y))`` in the training loop): the
+    compiled step is kept per closure *code*, the arrays it captures (``x``, ``y``)
+    are passed in as arguments, and numbers, strings and functions it captures are
+    part of the key (a new value compiles once). A closure capturing any other
+    object (a model, a list) is compiled per closure object, since that object's
+    contents may change between steps. One parameter group only, as torch.
 
     ``state`` / ``state_dict()`` hold torch's entries on the first parameter
     (``func_evals``, ``n_iter``, ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``,
@@ -893,25 +959,27 @@ class LBFGS(Optimizer):
         if state is None:
             state = init_state(flatten(leaves)[0], options.history_size)
         values = traced_values(options)
-        run = self._compiled_step(closure, options.line_search_fn, options.history_size)
-        new_leaves, state = run(list(leaves), state, values)
+        key, captured = _closure_key(closure)
+        run = self._compiled_step(
+            closure, key, options.line_search_fn, options.history_size
+        )
+        new_leaves, state = run(list(leaves), state, values, captured)
         leaves[:] = new_leaves
         self._states[0][0] = state
         return state["orig_loss"]
 
-    def _compiled_step(self, closure, line_search_fn, history_size):
-        key = (closure, line_search_fn, history_size)
+    def _compiled_step(self, closure, closure_key, line_search_fn, history_size):
+        key = (closure_key, line_search_fn, history_size)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
 
-        def run(leaves, state, values):
+        def run(leaves, state, values, captured):
             options = Options(
                 values, line_search_fn=line_search_fn, history_size=history_size
             )
-            value_fn = lambda leaves: closure(
-                self._as_given([self._assemble(0, leaves)])
-            )
+            loss = _with_captured(closure, captured)
+            value_fn = lambda leaves: loss(self._as_given([self._assemble(0, leaves)]))
             return step_flat(value_fn, leaves, state, options)
 
         # params and state are donated, as the other optimizers' steps do

@@ -567,3 +567,63 @@ def test_facade_bad_options_raise_torchs_errors_when_torch_does(options):
     else:
         with pytest.raises(type(expected), match=str(expected)):
             fo.LBFGS([jnp.zeros(2)], **options)
+
+
+# --- closures defined anew for every step, as torch training loops write them ------
+
+
+def _minibatch_loss(p, x, y, lib, l2):
+    margins = y * (x @ p["w"] + p["b"])
+    return lib.mean(lib.log1p(lib.exp(-margins))) + l2 * lib.sum(p["w"] ** 2)
+
+
+def test_closure_redefined_each_step_compiles_once_and_matches_torch():
+    rng = np.random.default_rng(3)
+    batches = [
+        (rng.standard_normal((8, 5)), np.sign(rng.standard_normal(8))) for _ in range(3)
+    ]
+    init = {"b": np.zeros(()), "w": np.zeros(5)}
+    options = dict(max_iter=5, line_search_fn="strong_wolfe")
+    opt = fo.LBFGS({k: jnp.asarray(v) for k, v in init.items()}, **options)
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in init.items()}
+    t_opt = torch.optim.LBFGS([tensors["b"], tensors["w"]], **options)
+    l2 = 1e-2
+
+    def train_step(x, y, l2):
+        xj, yj, xt, yt = (
+            jnp.asarray(x),
+            jnp.asarray(y),
+            torch.tensor(x),
+            torch.tensor(y),
+        )
+
+        def t_closure():
+            t_opt.zero_grad()
+            value = _minibatch_loss(tensors, xt, yt, torch, l2)
+            value.backward()
+            return value
+
+        # a new closure object every step, capturing this step's data and l2
+        loss = opt.step(lambda p: _minibatch_loss(p, xj, yj, jnp, l2))
+        expected = float(t_opt.step(t_closure).detach())
+        np.testing.assert_allclose(float(loss), expected, rtol=RTOL)
+        _assert_facade_matches(opt, tensors)
+
+    for x, y in batches:
+        train_step(x, y, l2)
+    assert len(opt._compiled) == 1  # one compiled step served all three closures
+    train_step(*batches[0], 2 * l2)
+    assert len(opt._compiled) == 2  # a captured number is part of the key
+
+
+def test_closure_capturing_a_mutable_object_is_compiled_per_closure():
+    """A captured object may change between steps, so it is never reused stale."""
+    opt = fo.LBFGS({"w": jnp.ones(3)}, max_iter=2)
+    target = {"value": jnp.zeros(3)}
+    opt.step(lambda p: jnp.sum((p["w"] - target["value"]) ** 2))
+    target["value"] = jnp.full(3, 10.0)
+    before = np.asarray(opt.params["w"])
+    loss = opt.step(lambda p: jnp.sum((p["w"] - target["value"]) ** 2))
+    assert len(opt._compiled) == 2
+    # the first evaluation saw the new target, not a stale compiled-in one
+    np.testing.assert_allclose(float(loss), np.sum((before - 10.0) ** 2), rtol=1e-12)
