@@ -236,33 +236,65 @@ def test_trajectory_parity_with_torch(c, dtype):
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), dtype)
 
 
-def test_sparse_adam_with_sparse_grads_matches_torch():
+_SPARSE_SHAPES = ((4, 3), (5,))
+_SPARSE_ROWS = [np.array([[0], [2]]), np.array([[1], [4], [1]])]
+
+
+def _sparse_grads(k: int):
+    """Step ``k``'s sparse gradients, as BCOO and as torch's sparse COO tensors."""
     from jax.experimental import sparse
 
-    shapes = ((4, 3), (5,))
-    params = random_arrays(0, shapes, "float64")
-    rows = [np.array([[0], [2]]), np.array([[1], [4], [1]])]
-    tensors = [to_torch(p, "float64").requires_grad_() for p in params]
-    theirs = torch.optim.SparseAdam(tensors, lr=0.05)
-    ours = fo.SparseAdam([to_jax(p, "float64") for p in params], lr=0.05)
-    for k in range(STEPS):
-        jax_grads, torch_grads = [], []
-        for shape, index in zip(shapes, rows):
-            values = np.random.default_rng(k).standard_normal((len(index), *shape[1:]))
-            torch_grads.append(
-                torch.sparse_coo_tensor(
-                    torch.tensor(index.T), torch.tensor(values), shape
-                )
+    ours, theirs = [], []
+    for shape, index in zip(_SPARSE_SHAPES, _SPARSE_ROWS):
+        values = np.random.default_rng(k).standard_normal((len(index), *shape[1:]))
+        theirs.append(
+            torch.sparse_coo_tensor(
+                torch.tensor(index.T),
+                torch.tensor(values),
+                shape,
+                check_invariants=True,
             )
-            jax_grads.append(
-                sparse.BCOO((jnp.asarray(values), jnp.asarray(index)), shape=shape)
-            )
+        )
+        ours.append(sparse.BCOO((jnp.asarray(values), jnp.asarray(index)), shape=shape))
+    return ours, theirs
+
+
+def _sparse_steps(ours, theirs, tensors, steps):
+    for k in steps:
+        jax_grads, torch_grads = _sparse_grads(k)
         for t, g in zip(tensors, torch_grads):
             t.grad = g
         theirs.step()
         ours.step(jax_grads)
         for t, p in zip(tensors, ours.params):
             np.testing.assert_allclose(np.asarray(p), to_numpy(t), rtol=1e-10)
+
+
+def test_sparse_adam_with_sparse_grads_matches_torch():
+    params = random_arrays(0, _SPARSE_SHAPES, "float64")
+    tensors = [to_torch(p, "float64").requires_grad_() for p in params]
+    theirs = torch.optim.SparseAdam(tensors, lr=0.05)
+    ours = fo.SparseAdam([to_jax(p, "float64") for p in params], lr=0.05)
+    _sparse_steps(ours, theirs, tensors, range(STEPS))
+    _assert_states_close(ours.state_dict(), theirs.state_dict(), "float64")
+
+
+def test_sparse_adam_state_dict_round_trip_with_torch():
+    """torch -> facade -> torch, as the other classes' round trip, on sparse grads."""
+    params = random_arrays(1, _SPARSE_SHAPES, "float64")
+    tensors = [to_torch(p, "float64").requires_grad_() for p in params]
+    theirs = torch.optim.SparseAdam(tensors, lr=0.05, betas=(0.8, 0.99))
+    for t, g in zip(tensors, _sparse_grads(0)[1]):
+        t.grad = g
+    theirs.step()
+    ours = fo.SparseAdam([to_jax(to_numpy(t), "float64") for t in tensors], lr=0.05)
+    ours.load_state_dict(theirs.state_dict())
+    _assert_states_close(ours.state_dict(), theirs.state_dict(), "float64")
+    _sparse_steps(ours, theirs, tensors, [1, 2])
+    tensors = [fo.interop.to_torch(p).requires_grad_() for p in ours.params]
+    theirs = torch.optim.SparseAdam(tensors, lr=0.05)
+    theirs.load_state_dict(fo.interop.to_torch_state_dict(ours.state_dict()))
+    _sparse_steps(ours, theirs, tensors, [3, 4])
     _assert_states_close(ours.state_dict(), theirs.state_dict(), "float64")
 
 
