@@ -83,12 +83,6 @@ def _cast_like(x: Any, like: Any) -> Any:
     return jnp.asarray(x).astype(jnp.asarray(like).dtype)
 
 
-def init_leaves(
-    algorithm: Algorithm, params: Sequence[Any], options: Options
-) -> list[dict]:
-    return [init_leaf(algorithm, p, options) for p in params]
-
-
 def step_leaves(
     algorithm: Algorithm,
     params: Sequence[Any],
@@ -151,7 +145,7 @@ def leaves_to_state(leaf_states: Sequence[dict], treedef) -> dict:
 def init_tree(algorithm: Algorithm, params: Any, options: Options) -> dict:
     check_param_dtypes(params)
     leaves, treedef = jax.tree.flatten(params)
-    return leaves_to_state(init_leaves(algorithm, leaves, options), treedef)
+    return leaves_to_state([init_leaf(algorithm, p, options) for p in leaves], treedef)
 
 
 def step_tree(

@@ -15,6 +15,25 @@ import torch
 
 import functorch_optim as fo
 
+# Each functional transform's facade class, by name.
+FACADE = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adadelta": "Adadelta",
+    "adafactor": "Adafactor",
+    "adagrad": "Adagrad",
+    "adamax": "Adamax",
+    "asgd": "ASGD",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+    "rmsprop": "RMSprop",
+    "rprop": "Rprop",
+    "sparse_adam": "SparseAdam",
+    "muon": "Muon",
+    "lbfgs": "LBFGS",
+}
+
 # Shapes every parity test covers: scalar, vector, matrix, 3-D and size 0.
 SHAPES = ((), (3,), (2, 3), (2, 3, 2), (0,))
 

@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import sparse
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from reference import FACADE
 
 import functorch_optim as fo
 from functorch_optim.sharding import derived_sharding
@@ -55,22 +56,6 @@ ALGORITHMS = {
     "rmsprop": (dict(lr=0.01, momentum=0.9, centered=True), GENERAL, False),
     "rprop": (dict(lr=0.05), GENERAL, False),
     "sparse_adam": (dict(lr=0.05), SPARSE, False),
-}
-FACADE = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adadelta": "Adadelta",
-    "adafactor": "Adafactor",
-    "adagrad": "Adagrad",
-    "adamax": "Adamax",
-    "asgd": "ASGD",
-    "muon": "Muon",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "rmsprop": "RMSprop",
-    "rprop": "Rprop",
-    "sparse_adam": "SparseAdam",
 }
 
 

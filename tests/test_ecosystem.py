@@ -20,7 +20,7 @@ import torch
 from flax import nnx
 from flax.training import train_state
 from jax.experimental import sparse
-from reference import to_numpy
+from reference import FACADE, to_numpy
 
 import functorch_optim as fo
 from functorch_optim import checkpoint
@@ -51,23 +51,6 @@ ALGORITHMS = {
     "sparse_adam": (torch.optim.SparseAdam, dict(lr=0.1)),
     "muon": (torch.optim.Muon, dict(lr=0.1)),
     "lbfgs": (torch.optim.LBFGS, dict(max_iter=3, line_search_fn="strong_wolfe")),
-}
-FACADE = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adadelta": "Adadelta",
-    "adafactor": "Adafactor",
-    "adagrad": "Adagrad",
-    "adamax": "Adamax",
-    "asgd": "ASGD",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "rmsprop": "RMSprop",
-    "rprop": "Rprop",
-    "sparse_adam": "SparseAdam",
-    "muon": "Muon",
-    "lbfgs": "LBFGS",
 }
 STEPS = 2
 # Run eagerly, a step of these costs more than compiling it.

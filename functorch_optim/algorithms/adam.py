@@ -6,8 +6,15 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, addcdiv, check_fused_flags, require
-from .common import adam_moments, apply_weight_decay, check_foreach_differentiable, div
+from .base import Algorithm, Options, add, addcdiv, check_fused_flags
+from .common import (
+    adam_moments,
+    apply_weight_decay,
+    check_foreach_differentiable,
+    div,
+    require_betas,
+    require_nonnegative,
+)
 
 
 def _is_tensor_like(x) -> bool:
@@ -15,25 +22,14 @@ def _is_tensor_like(x) -> bool:
 
 
 def _validate(o: Options) -> None:
-    lr_is_tensor = hasattr(o.lr, "shape") or callable(o.lr)
-    if lr_is_tensor and o.foreach and not o.capturable:
+    if _is_tensor_like(o.lr) and o.foreach and not o.capturable:
         raise ValueError(
             "lr as a Tensor is not supported for capturable=False and foreach=True"
         )
+    require_nonnegative(o, "lr", "eps")
+    require_betas(o)
+    require_nonnegative(o, "weight_decay")
     beta1, beta2 = o.betas
-    require(lambda v: 0.0 <= v, o.lr, f"Invalid learning rate: {o.lr}")
-    require(lambda v: 0.0 <= v, o.eps, f"Invalid epsilon value: {o.eps}")
-    require(
-        lambda v: 0.0 <= v < 1.0, beta1, f"Invalid beta parameter at index 0: {beta1}"
-    )
-    require(
-        lambda v: 0.0 <= v < 1.0, beta2, f"Invalid beta parameter at index 1: {beta2}"
-    )
-    require(
-        lambda v: 0.0 <= v,
-        o.weight_decay,
-        f"Invalid weight_decay value: {o.weight_decay}",
-    )
     both_floats = isinstance(beta1, float) and isinstance(beta2, float)
     if not (both_floats or (_is_tensor_like(beta1) and _is_tensor_like(beta2))):
         raise ValueError("betas must be either both floats or both Tensors")

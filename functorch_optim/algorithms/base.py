@@ -39,8 +39,6 @@ from ..core import is_concrete
 
 Array = jax.Array
 
-IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
-
 
 class Options(dict):
     """A group's hyperparameters, readable as attributes (``options.lr``)."""

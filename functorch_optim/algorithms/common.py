@@ -42,14 +42,19 @@ def require_nonnegative(o: Options, *names: str) -> None:
 def validate_adam_like(o: Options, *extra_nonnegative: str) -> None:
     """The constructor checks of Adamax, NAdam and RAdam, in torch's order."""
     require_nonnegative(o, "lr", "eps")
+    require_betas(o)
+    require_nonnegative(o, "weight_decay", *extra_nonnegative)
+    check_foreach_differentiable(o)
+
+
+def require_betas(o: Options) -> None:
+    """torch's ``if not 0.0 <= beta < 1.0`` for each of ``betas``."""
     for index, beta in enumerate(o.betas):
         require(
             lambda v: 0.0 <= v < 1.0,
             beta,
             f"Invalid beta parameter at index {index}: {beta}",
         )
-    require_nonnegative(o, "weight_decay", *extra_nonnegative)
-    check_foreach_differentiable(o)
 
 
 def check_foreach_differentiable(o: Options) -> None:
