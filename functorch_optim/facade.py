@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import interop
+from . import interop, packing
 from .algorithms import (
     adadelta,
     adafactor,
@@ -59,7 +59,7 @@ from .algorithms import (
 )
 from .algorithms.base import Algorithm, Options, check_scalar_lr
 from .checks import check_param_dtypes, is_optimizable
-from .fused import STEP, init_leaf, step_leaves
+from .fused import STEP, init_leaf, step_leaf, step_leaves
 from .nonfinite import all_finite
 from .sharding import constrain, place_like, static_sharding
 
@@ -214,17 +214,40 @@ def _join_option(static: Any, traced: Iterator) -> Any:
     return static
 
 
-def _step_groups(spec, params, grads, states, traced):
-    """All groups' steps in one program; ``spec`` = ((algorithm, static options,
-    the params' shardings),): every result stays on its parameter's shards."""
+def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
+    """All groups' steps in one program.
+
+    ``spec`` = ((algorithm, static options, the shardings of the leaves stepped
+    alone, the shapes of each pack's leaves),): every result stays on its
+    parameter's shards. Per group, ``packs`` holds the (params, state) of each
+    :class:`~functorch_optim.packing.Pack` (donated), ``pack_inputs`` its (grads,
+    offsets).
+    """
     global _compiles
     _compiles += 1
-    new_params, new_states = [], []
-    for (algorithm, static, shardings), p, g, s, t in zip(
-        spec, params, grads, states, traced, strict=True
+    new_params, new_states, new_packs = [], [], []
+    for group_spec, p, g, s, group_packs, inputs, t in zip(
+        spec, params, grads, states, packs, pack_inputs, traced, strict=True
     ):
+        algorithm, static, shardings, pack_shapes = group_spec
         values = iter(t)
         options = Options({k: _join_option(v, values) for k, v in static})
+        new_packs.append(
+            [
+                packing.step_pack(
+                    functools.partial(step_leaf, algorithm),
+                    shapes,
+                    pack_params,
+                    pack_grads,
+                    pack_state,
+                    offsets,
+                    options,
+                )
+                for shapes, (pack_params, pack_state), (pack_grads, offsets) in zip(
+                    pack_shapes, group_packs, inputs, strict=True
+                )
+            ]
+        )
         group_params, group_states = step_leaves(algorithm, p, g, s, options)
         group_params = [
             constrain(new, sharding, old.shape)
@@ -236,10 +259,10 @@ def _step_groups(spec, params, grads, states, traced):
         ]
         new_params.append(group_params)
         new_states.append(group_states)
-    return new_params, new_states
+    return new_params, new_states, new_packs
 
 
-_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3))
+_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
 _all_finite = jax.jit(all_finite)
 
 
@@ -363,10 +386,14 @@ class Optimizer:
             )
         self.param_groups: list[dict[str, Any]] = []
         # Per group, parallel to param_groups: how its params were given (treedef),
-        # each leaf's state (None until torch would create it), stored grads, and
-        # the static options its states were last completed for.
+        # each leaf's state (None until torch would create it; a Pack while packed,
+        # see `_states`), stored grads, and the static options its states were last
+        # completed for.
         self._treedefs: list[Any] = []
-        self._states: list[list[dict | None]] = []
+        self._leaf_states: list[list[Any]] = []
+        self._packs: list[list[packing.Pack]] = []
+        # leaves looked at for packing and left alone, until the packs change
+        self._unpackable: list[set[int]] = []
         self._grads: list[list[Any]] = []
         self._static_seen: list[Any] = []
         if isinstance(params, Iterator):
@@ -449,9 +476,118 @@ class Optimizer:
 
         self.param_groups.append(group)
         self._treedefs.append(treedef)
-        self._states.append([None] * len(originals))
+        self._leaf_states.append([None] * len(originals))
+        self._packs.append([])
+        self._unpackable.append(set())
         self._grads.append([None] * len(originals))
         self._static_seen.append(None)
+
+    # -- state, per leaf or packed ------------------------------------------------
+
+    @property
+    def _states(self) -> list[list[dict | None]]:
+        """Each group's per-leaf states (None: no state yet), unpacking any packs.
+
+        Steps keep the state of many small leaves packed (:mod:`.packing`); every
+        other reader of the state sees it per leaf, as torch keeps it.
+        """
+        for g in range(len(self._packs)):
+            self._unpack(g)
+        return self._leaf_states
+
+    @_states.setter
+    def _states(self, states: list[list[dict | None]]) -> None:
+        self._leaf_states = states
+        self._packs = [[] for _ in states]
+        self._unpackable = [set() for _ in states]
+
+    def _unpack(self, g: int, packs: list | None = None) -> None:
+        """Per-leaf states again for ``packs`` of group ``g`` (default: all)."""
+        packs = list(self._packs[g]) if packs is None else packs
+        for pack in packs:
+            for i, state in zip(pack.indices, packing.unpack(pack), strict=True):
+                self._leaf_states[g][i] = state
+            self._packs[g].remove(pack)
+        if packs:
+            self._unpackable[g].clear()
+
+    def _arrange(self, g: int, stepped: list, options: Options, static) -> list:
+        """Prepare group ``g``'s states for a step of the ``stepped`` leaves; returns
+        the leaves stepped alone (the others are in ``self._packs[g]``)."""
+        if self._static_seen[g] != static:
+            self._unpack(g)  # entries may be added: complete them per leaf
+        grads = self._grads[g]
+        stepped_set = set(stepped)
+        self._unpack(
+            g,
+            [
+                pack
+                for pack in self._packs[g]
+                if not stepped_set.issuperset(pack.indices)
+                or not all(isinstance(grads[i], jax.Array) for i in pack.indices)
+            ],
+        )
+        if self.algorithm.elementwise:
+            # new states: created packed; then existing per-leaf ones
+            self._pack_leaves(g, stepped, options, fresh=True)
+            self._prepare_states(g, self._alone(g, stepped), options, static)
+            self._pack_leaves(g, stepped, options, fresh=False)
+        else:
+            self._prepare_states(g, stepped, options, static)
+        return self._alone(g, stepped)
+
+    def _alone(self, g: int, indices: list) -> list:
+        states = self._leaf_states[g]
+        return [i for i in indices if not isinstance(states[i], packing.Pack)]
+
+    def _pack_leaves(self, g: int, stepped: list, options: Options, fresh: bool):
+        """Pack the stepped leaves of group ``g`` that are alone and have (or, with
+        ``fresh``, have not yet) a state, where :func:`packing.plan` finds packs."""
+        leaves, grads = self.param_groups[g]["params"], self._grads[g]
+        states, unpackable = self._leaf_states[g], self._unpackable[g]
+        candidates = [
+            i
+            for i in self._alone(g, stepped)
+            if (states[i] is None) == fresh and i not in unpackable
+        ]
+        if len(candidates) < packing.MIN_PACKED_LEAVES:
+            return
+        if fresh:
+            templates: dict[Any, dict] = {}
+            for i in candidates:
+                if leaves[i].dtype not in templates:
+                    templates[leaves[i].dtype] = jax.eval_shape(
+                        functools.partial(self._new_state, options=options),
+                        jax.ShapeDtypeStruct((1,), leaves[i].dtype),
+                    )
+            known = [
+                jax.tree.map(
+                    lambda t, p=leaves[i]: jax.ShapeDtypeStruct(
+                        p.shape if t.shape else (), t.dtype
+                    ),
+                    templates[leaves[i].dtype],
+                )
+                for i in candidates
+            ]
+        else:
+            known = [states[i] for i in candidates]
+        for positions in packing.plan(
+            [leaves[i] for i in candidates], [grads[i] for i in candidates], known
+        ):
+            indices = [candidates[k] for k in positions]
+            params = [leaves[i] for i in indices]
+            pack = (
+                packing.pack_fresh(
+                    indices, params, lambda p: self._new_state(p, options)
+                )
+                if fresh
+                else packing.pack(indices, params, [states[i] for i in indices])
+            )
+            self._packs[g].append(pack)
+            for i in indices:
+                states[i] = pack
+        if not fresh:
+            unpackable.update(self._alone(g, candidates))
 
     @staticmethod
     def _own_leaves(originals: list) -> list:
@@ -702,6 +838,7 @@ class Optimizer:
             return
         algorithm = self.algorithm
         spec, params, grads, states, traced, where = [], [], [], [], [], []
+        packs, pack_inputs = [], []
         for g, group in enumerate(self.param_groups):
             stepped = [i for i, grad in enumerate(self._grads[g]) if grad is not None]
             if not stepped:
@@ -712,26 +849,43 @@ class Optimizer:
                 (name, _split_option(value, values, name in self._static_zero))
                 for name, value in options.items()
             )
-            self._prepare_states(g, stepped, options, static)
-            leaves, leaf_states = group["params"], self._states[g]
+            alone = self._arrange(g, stepped, options, static)
+            leaves, leaf_states = group["params"], self._leaf_states[g]
             leaf_grads = self._grads[g]
-            shardings = tuple(static_sharding(leaves[i]) for i in stepped)
-            spec.append((algorithm, static, shardings))
-            params.append([leaves[i] for i in stepped])
-            grads.append([leaf_grads[i] for i in stepped])
-            states.append([leaf_states[i] for i in stepped])
+            shardings = tuple(static_sharding(leaves[i]) for i in alone)
+            group_packs = self._packs[g]
+            spec.append(
+                (algorithm, static, shardings, tuple(p.shapes for p in group_packs))
+            )
+            params.append([leaves[i] for i in alone])
+            grads.append([leaf_grads[i] for i in alone])
+            states.append([leaf_states[i] for i in alone])
+            packs.append(
+                [([leaves[i] for i in p.indices], p.state) for p in group_packs]
+            )
+            pack_inputs.append(
+                [([leaf_grads[i] for i in p.indices], p.offsets) for p in group_packs]
+            )
             traced.append(values)
-            where.append((g, stepped))
+            where.append((g, alone))
         if not spec:
             return
-        new_params, new_states = _fused_step(tuple(spec), params, grads, states, traced)
-        for (g, stepped), group_params, group_states in zip(
-            where, new_params, new_states
+        new_params, new_states, new_packs = _fused_step(
+            tuple(spec), params, grads, states, packs, pack_inputs, traced
+        )
+        for (g, alone), group_params, group_states, group_packs in zip(
+            where, new_params, new_states, new_packs, strict=True
         ):
-            leaves, leaf_states = self.param_groups[g]["params"], self._states[g]
-            for k, i in enumerate(stepped):
+            leaves, leaf_states = self.param_groups[g]["params"], self._leaf_states[g]
+            for k, i in enumerate(alone):
                 leaves[i] = group_params[k]
                 leaf_states[i] = group_states[k]
+            for pack, (pack_params, pack_state) in zip(
+                self._packs[g], group_packs, strict=True
+            ):
+                pack.state = pack_state
+                for i, param in zip(pack.indices, pack_params, strict=True):
+                    leaves[i] = param
 
     def _prepare_states(self, g: int, stepped: list, options: Options, static) -> None:
         """Create state torch would create now; complete states whose options changed.
@@ -739,7 +893,7 @@ class Optimizer:
         When a group's static options change (momentum from 0 to nonzero, amsgrad
         switched on), entries the rule now needs are created as at initialization.
         """
-        leaves, states = self.param_groups[g]["params"], self._states[g]
+        leaves, states = self.param_groups[g]["params"], self._leaf_states[g]
         changed = self._static_seen[g] != static
         for i in stepped:
             if states[i] is None:

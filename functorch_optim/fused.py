@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
 
-from . import packing
 from .algorithms.base import Algorithm, Options, to_complex, to_real
 from .checks import check_grads, check_param_dtypes, leaf_names
 from .sharding import explicit_as_auto, place, place_like
@@ -90,21 +89,8 @@ def step_leaves(
     states: Sequence[dict],
     options: Options,
 ) -> tuple[list[Any], list[dict]]:
-    """Step a list of leaves sharing one set of options (one param group).
-
-    With ``packing.ENABLED``, elementwise algorithms step buckets of small
-    same-shape leaves as one stacked array (:mod:`functorch_optim.packing`): the
-    same rule, the same numerics, one kernel instead of one per leaf.
-    """
+    """Step a list of leaves sharing one set of options (one param group)."""
     grads = [_taken_grad(algorithm, g, options) for g in grads]
-    if algorithm.elementwise and packing.ENABLED:
-        return packing.step_packed(
-            lambda p, g, s, o: step_leaf(algorithm, p, g, s, o),
-            params,
-            grads,
-            states,
-            options,
-        )
     results = [
         step_leaf(algorithm, p, g, s, options)
         for p, g, s in zip(params, grads, states, strict=True)

@@ -30,7 +30,7 @@ from reference import (
 )
 
 import functorch_optim as fo
-from functorch_optim import facade
+from functorch_optim import facade, packing
 
 STEPS = 3
 
@@ -219,8 +219,19 @@ def _assert_states_close(ours: dict, theirs: dict, dtype: str) -> None:
 PARITY = [(c, d) for c in CASES for d in c.dtypes]
 
 
+@pytest.fixture(params=["per-leaf", "packed"])
+def layout(request, monkeypatch):
+    """Every leaf stepped alone, or (elementwise algorithms) the small leaves of a
+    group stepped packed (:mod:`functorch_optim.packing`), however few."""
+    if request.param == "packed":
+        monkeypatch.setattr(packing, "MIN_PACKED_LEAVES", 2)
+    else:
+        monkeypatch.setattr(packing, "MAX_PACKED_SIZE", -1)
+    return request.param
+
+
 @pytest.mark.parametrize("c, dtype", PARITY, ids=[f"{c.id}-{d}" for c, d in PARITY])
-def test_trajectory_parity_with_torch(c, dtype):
+def test_trajectory_parity_with_torch(c, dtype, layout):
     params, grads = _data(c, dtype)
     try:
         torch_opt, tensors = _torch_make(c, params, dtype)
@@ -232,6 +243,8 @@ def test_trajectory_parity_with_torch(c, dtype):
         return
     opt = _facade_make(c, params, dtype)
     actual = _facade_steps(opt, grads, dtype)
+    packed = any(opt._packs)
+    assert packed == (layout == "packed" and c.ours.algorithm.elementwise)
     assert_trajectories_close(actual, expected, dtype)
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), dtype)
 

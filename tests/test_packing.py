@@ -1,4 +1,9 @@
-"""Packed execution (functorch_optim.packing) against the per-leaf path and torch."""
+"""Packed state (functorch_optim.packing): the facade's small leaves stepped as one
+flat buffer give the per-leaf results, through every change of layout.
+
+torch parity of the packed path for every elementwise algorithm and dtype is in
+``test_facade.py::test_trajectory_parity_with_torch`` (its ``packed`` layout).
+"""
 
 from __future__ import annotations
 
@@ -6,164 +11,217 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 import torch
-from reference import (
-    TOLERANCE,
-    assert_trajectories_close,
-    functional_trajectory,
-    grad_sequence,
-    random_arrays,
-    torch_trajectory,
-)
+from reference import TOLERANCE, random_arrays, to_numpy
 
 import functorch_optim as fo
-from functorch_optim import packing
+from functorch_optim import facade, packing
 
-STEPS = 3
-
-# Buckets of same-shape leaves (packed), including scalars and size 0, and one leaf
-# stepped alone: (4, 5) is above MAX_PACKED_SIZE as the tests lower it to 10.
-SHAPES = ((3,),) * 4 + ((2, 3),) * 4 + ((),) * 4 + ((0,),) * 4 + ((4, 5),)
+# Packed leaves of several shapes (size 0 too), a scalar and a leaf above
+# MAX_PACKED_SIZE (as the fixture lowers it) stepped alone.
+SHAPES = ((3,), (2, 3), (2, 3, 2), (0,), (1,), (4,), (3, 1), (5,), (), (6, 7))
 
 ELEMENTWISE = {
-    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
-    "adam": {"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
-    "adamw": {"lr": 0.1, "maximize": True},
-    "adamax": {"lr": 0.1, "weight_decay": 0.1},
-    "adagrad": {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
-    "adadelta": {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
-    "rmsprop": {"lr": 0.01, "centered": True, "momentum": 0.5},
-    "rprop": {"lr": 0.01},
-    "nadam": {"lr": 0.1, "decoupled_weight_decay": True, "weight_decay": 0.1},
-    "radam": {"lr": 0.1, "weight_decay": 0.1},
-    "asgd": {"lr": 0.1, "t0": 1.0},
-}
-
-TORCH = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "adamax": torch.optim.Adamax,
-    "adagrad": torch.optim.Adagrad,
-    "adadelta": torch.optim.Adadelta,
-    "rmsprop": torch.optim.RMSprop,
-    "rprop": torch.optim.Rprop,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-    "asgd": torch.optim.ASGD,
+    "SGD": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+    "Adam": {"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
+    "AdamW": {"lr": 0.1, "maximize": True},
+    "Adamax": {"lr": 0.1, "weight_decay": 0.1},
+    "Adagrad": {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+    "Adadelta": {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
+    "RMSprop": {"lr": 0.01, "centered": True, "momentum": 0.5},
+    "Rprop": {"lr": 0.01},
+    "NAdam": {"lr": 0.1, "decoupled_weight_decay": True, "weight_decay": 0.1},
+    "RAdam": {"lr": 0.1, "weight_decay": 0.1},
+    "ASGD": {"lr": 0.1, "t0": 1.0},
 }
 
 
-@pytest.fixture
-def packed(monkeypatch):
-    monkeypatch.setattr(packing, "ENABLED", True)
-    monkeypatch.setattr(packing, "MAX_PACKED_SIZE", 10)
+@pytest.fixture(autouse=True)
+def small_packs(monkeypatch):
+    monkeypatch.setattr(packing, "MIN_PACKED_LEAVES", 3)
+    monkeypatch.setattr(packing, "MAX_PACKED_SIZE", 20)
 
 
-def test_every_elementwise_algorithm_opts_in():
-    for name in ELEMENTWISE:
-        tx_module = getattr(fo, name).__module__
-        algorithms = [
-            v
-            for v in vars(__import__(tx_module, fromlist=["_"])).values()
-            if isinstance(v, fo.algorithms.base.Algorithm)
-        ]
-        assert algorithms and all(a.elementwise for a in algorithms), name
-    assert not fo.algorithms.base.Algorithm.elementwise  # the default: per leaf
+def _params(dtype="float64", shapes=SHAPES):
+    return [jnp.asarray(p, dtype) for p in random_arrays(0, shapes, "float64")]
 
 
-def test_buckets_split_by_shape_dtype_state_and_size(packed):
-    params = [jnp.zeros(3, jnp.float32)] * 4 + [jnp.zeros(3, jnp.float64)] * 4
-    params += [jnp.zeros(20)] * 4  # above MAX_PACKED_SIZE
-    params += [jnp.zeros(2)] * 3  # too few to pack
-    grads = [jnp.zeros_like(p) for p in params]
-    grads[1] = None  # no gradient: stepped alone (by the caller's rules)
-    states = [{"step": jnp.zeros((), jnp.int32), "m": None} for _ in params]
-    states[2] = {"step": jnp.zeros((), jnp.int32), "m": jnp.zeros(3)}
-    packed_buckets, alone = packing.buckets(params, grads, states)
-    assert packed_buckets == [[4, 5, 6, 7]]
-    assert sorted(alone) == [0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14]
+def _grads(k, dtype="float64", shapes=SHAPES):
+    return [jnp.asarray(g, dtype) for g in random_arrays(k + 1, shapes, "float64")]
 
 
-@pytest.mark.parametrize(
-    "name, dtype",
-    [
-        *((name, "float64") for name in ELEMENTWISE),
-        # The stacking itself is dtype-agnostic: other dtypes on a few rules,
-        # including ASGD's per-leaf scalar state (eta, mu).
-        *(
-            (name, dtype)
-            for name in ("sgd", "adam", "asgd")
-            for dtype in ("complex64", "bfloat16")
-        ),
-    ],
-)
-def test_packed_equals_per_leaf(name, dtype, monkeypatch):
-    """The packed path runs the same rule, with per-leaf step counts that differ
-    between the leaves of one bucket. Not bit for bit: XLA CPU evaluates a batched
-    ``pow``/``sqrt`` of the per-leaf scalars with vectorized code that may differ
-    from the scalar one by an ulp."""
-    tx = getattr(fo, name)(**ELEMENTWISE[name])
-    params = [jnp.asarray(p, dtype) for p in random_arrays(0, SHAPES, "float64")]
-    if dtype == "complex64":
-        params = [p * (1 + 0.5j) for p in params]
-    grad_steps = [
-        [jnp.asarray(g, params[0].dtype) for g in step]
-        for step in grad_sequence(STEPS, SHAPES, "float64")
-    ]
+def _twins(name, monkeypatch, **options):
+    """A facade that packs and one that steps every leaf alone."""
+    cls = getattr(fo, name)
+    packed = cls(_params(), **(ELEMENTWISE[name] | options))
+    alone = cls(_params(), **(ELEMENTWISE[name] | options))
+    return packed, alone
 
-    def run(enabled):
-        monkeypatch.setattr(packing, "ENABLED", enabled)
-        monkeypatch.setattr(packing, "MAX_PACKED_SIZE", 10)
-        state = tx.init(params)
-        # Leaves of one bucket at different step counts (one leaf restarted later).
-        state["step"] = [jnp.asarray(i % 3, jnp.int32) for i in range(len(params))]
 
-        @jax.jit  # one compile for all steps (eager mode compiles op by op)
-        def step(leaves, state, grads):
-            updates, state = tx.update(grads, state, leaves)
-            return fo.apply_updates(leaves, updates), state
+def _step_alone(opt, grads, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(packing, "MAX_PACKED_SIZE", -1)
+        opt.step(grads)
+    assert not any(opt._packs)
 
-        leaves, out = params, []
-        for grads in grad_steps:
-            leaves, state = step(leaves, state, grads)
-            out.append((leaves, state))
-        return out
 
-    rtol, atol = TOLERANCE[dtype]
-    for (p_packed, s_packed), (p_leaf, s_leaf) in zip(run(True), run(False)):
-        jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(
-                np.asarray(a, np.complex128 if dtype == "complex64" else np.float64),
-                np.asarray(b, np.complex128 if dtype == "complex64" else np.float64),
+def _assert_same(packed, alone):
+    rtol, atol = TOLERANCE["float64"]
+    pairs = zip(jax.tree.leaves(packed.params), jax.tree.leaves(alone.params))
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+    sd_packed, sd_alone = packed.state_dict(), alone.state_dict()
+    assert sd_packed["param_groups"] == sd_alone["param_groups"]
+    assert sd_packed["state"].keys() == sd_alone["state"].keys()
+    for pid, state in sd_packed["state"].items():
+        assert list(state) == list(sd_alone["state"][pid])
+        for name, value in state.items():
+            np.testing.assert_allclose(
+                np.asarray(value),
+                np.asarray(sd_alone["state"][pid][name]),
                 rtol=rtol,
                 atol=atol,
-            ),
-            (p_packed, s_packed),
-            (p_leaf, s_leaf),
-        )
+                err_msg=f"{name} of param {pid}",
+            )
+
+
+def test_every_elementwise_algorithm_packs_and_no_other_does():
+    classes = [getattr(fo, name) for name in reference.FACADE.values()]
+    elementwise = {c.__name__ for c in classes if c.algorithm.elementwise}
+    assert elementwise == set(ELEMENTWISE)
+    opt = fo.Adafactor(_params(shapes=((3, 2),) * 4))
+    opt.step(_grads(0, shapes=((3, 2),) * 4))
+    assert not any(opt._packs)
 
 
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
-def test_packed_matches_torch_under_jit(name, packed):
-    dtype = "float32"
-    options = ELEMENTWISE[name]
-    params = random_arrays(0, SHAPES, dtype)
-    grads = grad_sequence(STEPS, SHAPES, dtype)
-    expected = torch_trajectory(
-        lambda ps: TORCH[name](ps, **options), params, grads, dtype
-    )
-    actual = functional_trajectory(getattr(fo, name)(**options), params, grads, dtype)
-    assert_trajectories_close(actual, expected, dtype)
+def test_packed_equals_per_leaf_through_layout_changes(name, monkeypatch):
+    """Steps with a leaf left out (its pack unpacks; it then keeps its own count),
+    a state_dict read in between (everything unpacks, then repacks) and a group
+    added later."""
+    packed, alone = _twins(name, monkeypatch)
+    for k in range(5):
+        grads = _grads(k)
+        if k == 2:
+            grads[1] = None
+        packed.step(grads)
+        _step_alone(alone, grads, monkeypatch)
+        if k == 0:
+            assert [len(p.indices) for p in packed._packs[0]] == [8]
+        if k == 3:
+            _assert_same(packed, alone)
+    # leaf 1 missed a step: it cannot share the others' step count again
+    assert [len(p.indices) for p in packed._packs[0]] == [7]
+    for opt in (packed, alone):
+        opt.add_param_group({"params": _params(shapes=((2,),) * 4)})
+    grads = [_grads(9), _grads(9, shapes=((2,),) * 4)]
+    packed.step(grads)
+    _step_alone(alone, grads, monkeypatch)
+    assert [len(p.indices) for p in packed._packs[1]] == [4]
+    _assert_same(packed, alone)
 
 
-def test_packed_path_is_used(packed):
-    """One vmapped kernel per bucket: the traced program has one batched update."""
-    params = [jnp.ones(3)] * 6
-    tx = fo.adam(lr=0.1)
-    state = tx.init(params)
-    jaxpr = jax.make_jaxpr(lambda p, s: tx.update(p, s, p))(params, state)
-    sqrt_shapes = [
-        e.outvars[0].aval.shape for e in jaxpr.eqns if e.primitive.name == "sqrt"
+@pytest.mark.parametrize("dtype", ["float32", "complex64", "bfloat16"])
+def test_packed_adam_equals_per_leaf_in_other_dtypes(dtype, monkeypatch):
+    """Exactly: the flat run is the same elementwise arithmetic."""
+    params = _params(dtype)
+    packed, alone = fo.Adam(params, lr=0.1), fo.Adam(_params(dtype), lr=0.1)
+    for k in range(3):
+        packed.step(_grads(k, dtype))
+        _step_alone(alone, _grads(k, dtype), monkeypatch)
+    assert any(packed._packs)
+    for a, b in zip(packed.params, alone.params, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_option_changes_and_load_state_dict_from_torch(monkeypatch):
+    """A static option change (momentum from 0) completes the packed states as
+    the per-leaf ones; a torch state dict loaded mid-run replaces the packs; an lr
+    change reuses the compiled step."""
+    packed, alone = _twins("SGD", monkeypatch, momentum=0.0, nesterov=False)
+    for opt in (packed, alone):
+        opt.param_groups[0]["momentum"] = 0.0
+    for k in range(2):
+        packed.step(_grads(k))
+        _step_alone(alone, _grads(k), monkeypatch)
+    for opt in (packed, alone):
+        opt.param_groups[0]["momentum"] = 0.5
+    packed.step(_grads(2))
+    _step_alone(alone, _grads(2), monkeypatch)
+    assert any(packed._packs)
+    _assert_same(packed, alone)
+
+    tensors = [torch.tensor(np.asarray(p), requires_grad=True) for p in _params()]
+    theirs = torch.optim.SGD(tensors, lr=0.1, momentum=0.9, weight_decay=0.1)
+    for t, g in zip(tensors, _grads(5)):
+        t.grad = torch.tensor(np.asarray(g))
+    theirs.step()
+    packed.step(_grads(3))  # packed again before the load
+    assert any(packed._packs)
+    packed.load_state_dict(theirs.state_dict())
+    assert not any(packed._packs)
+    packed.step(_grads(6))
+    compiles = facade.compile_count()
+    packed.param_groups[0]["lr"] = 0.05
+    packed.step(_grads(7))
+    assert facade.compile_count() == compiles
+    assert any(packed._packs)
+
+
+def test_plan_keys_on_dtype_device_state_and_scalar_values():
+    ones = jnp.ones((), jnp.int32)
+    params = [jnp.zeros(3, jnp.float32)] * 3 + [jnp.zeros(3)] * 6 + [jnp.zeros(30)]
+    grads = list(params)
+    states = [{"step": ones, "m": jnp.zeros(p.shape, p.dtype)} for p in params]
+    states[3] = {"step": ones, "m": None}  # another entry layout
+    states[4] = {"step": ones * 2, "m": jnp.zeros(3)}  # another count
+    grads[5] = None  # no gradient
+    assert packing.plan(params, grads, states) == [[0, 1, 2], [6, 7, 8]]
+
+
+def test_pack_round_trip_keeps_every_entry():
+    params = [jnp.arange(n, dtype=jnp.float32) for n in (2, 3, 0, 4)]
+    states = [
+        {"step": jnp.asarray(4, jnp.int32), "m": p * 2, "none": None} for p in params
     ]
-    assert sqrt_shapes == [(6, 3)]
+    pack = packing.pack(range(4), params, states)
+    assert pack.state["m"].shape == (9,) and pack.state["step"].shape == ()
+    for state, original in zip(packing.unpack(pack), states, strict=True):
+        assert state.keys() == original.keys() and state["none"] is None
+        np.testing.assert_array_equal(state["m"], original["m"])
+        assert int(state["step"]) == 4
+
+
+def test_unpacked_scalars_are_separate_buffers():
+    """Each leaf's state is donated on its own at the next step."""
+    params = [jnp.ones(2)] * 3
+    states = [{"step": jnp.asarray(1, jnp.int32)} for _ in params]
+    unpacked = packing.unpack(packing.pack(range(3), params, states))
+    pointers = {s["step"].unsafe_buffer_pointer() for s in unpacked}
+    assert len(pointers) == 3
+
+
+def test_a_packed_facade_runs_under_a_traced_lr_schedule():
+    """Schedulers write lr every step; the packed step keeps compiling once."""
+    opt = fo.Adam(_params(), lr=0.1)
+    sched = fo.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step(_grads(0))
+    compiles = facade.compile_count()
+    for k in range(1, 4):
+        opt.step(_grads(k))
+        sched.step()
+    assert facade.compile_count() == compiles
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(opt.params))
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_elementwise_init_depends_on_shape_and_dtype_only(name):
+    """What lets a pack's new state be made once, from zeros (packing.pack_fresh)."""
+    algorithm = getattr(fo, name).algorithm
+    options = algorithm.options(ELEMENTWISE[name])
+    param = jnp.asarray(random_arrays(0, [(5,)], "float64")[0])
+    np.testing.assert_equal(
+        jax.device_get(algorithm.init(param, options)),
+        jax.device_get(algorithm.init(jnp.zeros_like(param), options)),
+    )

@@ -78,8 +78,9 @@ class Algorithm:
       sparse_grad_message: ``message(options)``, torch's error for a sparse
         gradient under these options, or None where torch accepts one.
       elementwise: the step of a leaf acts on each element independently (given the
-        leaf's scalar state such as ``step``), so leaves of one shape may be stepped
-        together, stacked (:mod:`functorch_optim.packing`).
+        leaf's scalar state such as ``step``) and ``init`` depends on the leaf's
+        shape and dtype only, so many leaves may be stepped as one flat array
+        (:mod:`functorch_optim.packing`).
     """
 
     name: str
