@@ -4,13 +4,16 @@ For each anchor pytree (see ``PYTREES``) and optimizer, in one process:
 
 * ``fo jit``    this library's functional transform, one ``jax.jit`` step with the
                 params and the state donated (``fo.adam(...)``);
-* ``fo facade`` the torch-style facade (``fo.Adam(params).step(grads)``);
+* ``fo packed`` the same with its state packed (``fo.packed(fo.adam(...))``);
+* ``fo facade`` the torch-style facade (``fo.Adam(params).step(grads)``), which
+                packs the state of small leaves by itself;
 * ``torch fused`` / ``torch foreach``  ``torch.optim.*`` with ``fused=True`` /
                 ``foreach=True`` (``n/a`` where torch has no such kernel);
 * ``optax``     optax's transform under ``jax.jit`` with params and state donated.
 
 It prints the median ms per step, the ratios to torch fused and to optax, the
-first-step compile time of the JAX paths and the memory of one compiled step
+first-step compile time of the JAX paths (the facade's includes creating its
+state) and the memory of one compiled step
 (XLA's ``memory_analysis``: arguments + outputs - aliased + temporaries, against the
 floor ``params + state + one gradient``), and writes a PNG bar chart.
 
@@ -133,7 +136,8 @@ OPTIMIZERS = {
     ),
 }
 
-PATHS = ("fo jit", "fo facade", "torch fused", "torch foreach", "optax")
+PATHS = ("fo jit", "fo packed", "fo facade", "torch fused", "torch foreach", "optax")
+OURS = ("fo jit", "fo packed", "fo facade")
 
 
 @dataclass
@@ -218,6 +222,30 @@ def bench_facade(spec, params_np, grads_np, repeats, result):
     first = time.perf_counter() - start
     result.ms["fo facade"] = median_ms(run, repeats)
     result.compile_s["fo facade"] = first - result.ms["fo facade"] / MS
+    result.peak_mb["fo facade"] = compiled_peak_mb(facade_step_compiled(opt, grads))
+
+
+def facade_step_compiled(opt, grads):
+    """The facade's compiled step program, for its memory analysis."""
+    from functorch_optim import facade
+
+    step, captured = facade._fused_step, []
+
+    def capture(spec, *args):
+        # copies: the step donates (deletes) the originals
+        captured.append((spec, *jax.tree.map(_copy_array, args)))
+        return step(spec, *args)
+
+    facade._fused_step = capture
+    try:
+        opt.step(grads)
+    finally:
+        facade._fused_step = step
+    return step.lower(*captured[0]).compile()
+
+
+def _copy_array(x):
+    return x.copy() if isinstance(x, jax.Array) else x
 
 
 def bench_torch(spec, params_np, grads_np, repeats, result, flag):
@@ -257,6 +285,14 @@ def bench(tree: str, name: str, repeats: int) -> Result:
         result,
         "fo jit",
     )
+    bench_jax_transform(
+        fo.packed(spec.fo_functional(**spec.kwargs)),
+        params_np,
+        grads_np,
+        repeats,
+        result,
+        "fo packed",
+    )
     bench_facade(spec, params_np, grads_np, repeats, result)
     bench_torch(spec, params_np, grads_np, repeats, result, "fused")
     bench_torch(spec, params_np, grads_np, repeats, result, "foreach")
@@ -276,12 +312,17 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def table(results: dict[tuple[str, str], Result]) -> str:
+    ratios = [(ours, base) for base in ("torch fused", "optax") for ours in OURS]
     head = (
         "| pytree | optimizer | "
         + " | ".join(f"{p} ms" for p in PATHS)
-        + " | fo jit / fused | facade / fused | fo jit / optax | facade / optax"
-        + " | compile s (fo jit / facade / optax)"
-        + " | step MB (fo jit / optax; floor) |"
+        + "".join(f" | {ours} / {base.split()[-1]}" for ours, base in ratios)
+        + " | compile s ("
+        + " / ".join(OURS)
+        + " / optax)"
+        + " | step MB ("
+        + " / ".join(OURS)
+        + " / optax; floor) |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (tree, name), r in results.items():
@@ -289,16 +330,12 @@ def table(results: dict[tuple[str, str], Result]) -> str:
         lines.append(
             f"| {tree} | {name} | "
             + " | ".join(fmt(ms.get(p)) for p in PATHS)
-            + f" | {ratio(ms.get('fo jit'), ms.get('torch fused'))}"
-            + f" | {ratio(ms.get('fo facade'), ms.get('torch fused'))}"
-            + f" | {ratio(ms.get('fo jit'), ms.get('optax'))}"
-            + f" | {ratio(ms.get('fo facade'), ms.get('optax'))}"
+            + "".join(f" | {ratio(ms.get(a), ms.get(b))}" for a, b in ratios)
             + " | "
-            + " / ".join(
-                fmt(r.compile_s.get(p), ".2f") for p in ("fo jit", "fo facade", "optax")
-            )
-            + f" | {fmt(r.peak_mb.get('fo jit'), '.0f')} / "
-            f"{fmt(r.peak_mb.get('optax'), '.0f')}; {r.floor_mb:.0f} |"
+            + " / ".join(fmt(r.compile_s.get(p), ".2f") for p in (*OURS, "optax"))
+            + " | "
+            + " / ".join(fmt(r.peak_mb.get(p), ".0f") for p in (*OURS, "optax"))
+            + f"; {r.floor_mb:.0f} |"
         )
     return "\n".join(lines)
 

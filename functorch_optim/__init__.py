@@ -41,6 +41,7 @@ from .facade import (
 )
 from .lbfgs import LBFGS, lbfgs
 from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
+from .packing import PackedState, packed
 from .schedules import (
     chained_lr,
     constant_lr,
@@ -107,6 +108,8 @@ __all__ = [
     "rmsprop",
     "rprop",
     "sparse_adam",
+    "PackedState",
+    "packed",
     "SkipNonfiniteState",
     "all_finite",
     "skip_nonfinite",

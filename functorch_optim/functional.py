@@ -8,9 +8,38 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .algorithms.base import Algorithm
+from .algorithms.base import Algorithm, Options
 from .core import GradientTransformation, updates_between
 from .fused import init_tree, step_tree
+
+
+class AlgorithmUpdate:
+    """The ``update`` of :func:`make_transform`: one algorithm with one set of
+    options (kept, so :func:`functorch_optim.packed` can rebuild the transform)."""
+
+    def __init__(self, algorithm: Algorithm, options: Options) -> None:
+        self.algorithm = algorithm
+        self.options = options
+
+    def __call__(self, grads, state, params=None, **extra_args):
+        del extra_args  # the first-order algorithms read only grads and params
+        params = params_or_zeros(self.algorithm, self.options, grads, params)
+        new_params, new_state = step_tree(
+            self.algorithm, params, grads, state, self.options
+        )
+        return updates_between(new_params, params), new_state
+
+
+def params_or_zeros(algorithm: Algorithm, options: Options, grads, params):
+    """``params``; zeros shaped like ``grads`` when the update does not read them."""
+    if params is not None:
+        return params
+    if algorithm.reads_params(options):
+        raise ValueError(
+            f"{algorithm.functional.__name__}'s update needs params: with "
+            "these options the step reads the parameter values"
+        )
+    return jax.tree.map(jnp.zeros_like, grads)
 
 
 def make_transform(
@@ -26,16 +55,4 @@ def make_transform(
     def init(params):
         return init_tree(algorithm, params, options)
 
-    def update(grads, state, params=None, **extra_args):
-        del extra_args  # the first-order algorithms read only grads and params
-        if params is None:
-            if algorithm.reads_params(options):
-                raise ValueError(
-                    f"{algorithm.functional.__name__}'s update needs params: with "
-                    "these options the step reads the parameter values"
-                )
-            params = jax.tree.map(jnp.zeros_like, grads)
-        new_params, new_state = step_tree(algorithm, params, grads, state, options)
-        return updates_between(new_params, params), new_state
-
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, AlgorithmUpdate(algorithm, options))

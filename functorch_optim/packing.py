@@ -35,6 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .algorithms.base import Options
+from .checks import check_grads, check_param_dtypes, leaf_names
+from .core import GradientTransformation, is_concrete, updates_between
+from .functional import AlgorithmUpdate, params_or_zeros
+from .fused import init_leaf, step_leaf, step_leaves
 
 # Leaves with more elements than this are stepped alone: their kernels' launch cost
 # is small next to their bytes, and packing copies their params and grads once more.
@@ -88,6 +92,7 @@ def _layout(param: Any, grad: Any, state: Any) -> tuple | None:
         isinstance(param, jax.Array)
         and isinstance(grad, jax.Array)
         and isinstance(state, dict)
+        and is_concrete(param)
         and 0 < param.ndim
         and param.size <= MAX_PACKED_SIZE
         and len(param.devices()) == 1
@@ -227,3 +232,133 @@ def step_pack(
     rule, run once over the flat arrays."""
     new_param, new_state = step_leaf(_flat(params), _flat(grads), state, options)
     return _split(new_param, shapes, offsets), new_state
+
+
+# --- the functional transforms, packed --------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class PackedState:
+    """The state of :func:`packed`: packs of small leaves and per-leaf states.
+
+    Attributes:
+      packs: each pack's state (per-element entries flat, scalar entries once).
+      offsets: each pack's leaf offsets into its flat buffers (int32 scalars,
+        carried as data so that the compiled step slices at runtime offsets).
+      leaves: the per-leaf state (``{'step': ..., 'exp_avg': ...}``) of each leaf
+        stepped alone, None for packed leaves; in the params' leaf order.
+      indices: each pack's leaf positions (static).
+    """
+
+    packs: list[dict]
+    offsets: list[list[jax.Array]]
+    leaves: list[dict | None]
+    indices: tuple[tuple[int, ...], ...] = dataclasses.field(metadata={"static": True})
+
+
+def packed(tx: Any) -> Any:
+    """``tx`` (a transform of this library for an elementwise algorithm: ``sgd``,
+    ``adam``, ``adamw``, ``adamax``, ``adagrad``, ``adadelta``, ``rmsprop``,
+    ``rprop``, ``nadam``, ``radam``, ``asgd``) with its state packed.
+
+    The updates are ``tx``'s, element for element; the state differs in layout: the
+    small leaves' state lives in flat buffers (a :class:`PackedState`), so a step
+    runs a few kernels over all of them instead of several per leaf, and compiles
+    in a fraction of the time. For trees of many small leaves. ``init`` needs
+    concrete params (it reads their devices); every packed leaf needs a gradient
+    at every step (packed leaves share one step count).
+
+    Example::
+
+      >>> tx = fo.packed(fo.adam(1e-3))
+      >>> state = tx.init(params)             # params: a tree of many small arrays
+      >>> updates, state = tx.update(grads, state, params)
+    """
+    update = getattr(tx, "update", None)
+    if not isinstance(update, AlgorithmUpdate) or not update.algorithm.elementwise:
+        raise TypeError(
+            "packed takes a transform of an elementwise algorithm of this library "
+            f"(fo.adam(...), fo.sgd(...), ...), got {tx!r}"
+        )
+    algorithm, options = update.algorithm, update.options
+
+    def init(params):
+        check_param_dtypes(params)
+        leaves = jax.tree.leaves(params)
+        templates = [
+            jax.eval_shape(partial(init_leaf, algorithm, options=options), p)
+            if isinstance(p, jax.Array)
+            else None
+            for p in leaves
+        ]
+        groups = plan(leaves, leaves, templates)
+        in_pack = {i for group in groups for i in group}
+        new_packs = [
+            pack_fresh(
+                group,
+                [leaves[i] for i in group],
+                partial(init_leaf, algorithm, options=options),
+            )
+            for group in groups
+        ]
+        return PackedState(
+            packs=[p.state for p in new_packs],
+            offsets=[p.offsets for p in new_packs],
+            leaves=[
+                None if i in in_pack else init_leaf(algorithm, p, options)
+                for i, p in enumerate(leaves)
+            ],
+            indices=tuple(p.indices for p in new_packs),
+        )
+
+    def update_packed(grads, state, params=None, **extra_args):
+        del extra_args
+        params = params_or_zeros(algorithm, options, grads, params)
+        leaves, treedef = jax.tree.flatten(params)
+        grad_leaves = treedef.flatten_up_to(grads)
+        check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
+        updates: list[Any] = [None] * len(leaves)
+        new_packs = []
+        for indices, pack_state, offsets in zip(
+            state.indices, state.packs, state.offsets, strict=True
+        ):
+            for i in indices:
+                if grad_leaves[i] is None or grad_leaves[i].dtype != leaves[i].dtype:
+                    raise TypeError(
+                        f"{leaf_names(params, 'grads')[i]} is "
+                        f"{'None' if grad_leaves[i] is None else grad_leaves[i].dtype}"
+                        f": a packed leaf needs a gradient of its dtype "
+                        f"{leaves[i].dtype} at every step"
+                    )
+            pack_params = [leaves[i] for i in indices]
+            shapes = [p.shape for p in pack_params]
+            flat_param = _flat(pack_params)
+            new_param, new_state = step_leaf(
+                algorithm,
+                flat_param,
+                _flat([grad_leaves[i] for i in indices]),
+                pack_state,
+                options,
+            )
+            deltas = _split(updates_between(new_param, flat_param), shapes, offsets)
+            for i, delta in zip(indices, deltas, strict=True):
+                updates[i] = delta
+            new_packs.append(new_state)
+        alone = [i for i, s in enumerate(state.leaves) if s is not None]
+        new_leaves, new_states = step_leaves(
+            algorithm,
+            [leaves[i] for i in alone],
+            [grad_leaves[i] for i in alone],
+            [state.leaves[i] for i in alone],
+            options,
+        )
+        leaf_states = list(state.leaves)
+        deltas = updates_between(new_leaves, [leaves[i] for i in alone])
+        for i, delta, new_state in zip(alone, deltas, new_states, strict=True):
+            updates[i] = delta
+            leaf_states[i] = new_state
+        new = PackedState(new_packs, state.offsets, leaf_states, state.indices)
+        return jax.tree.unflatten(treedef, updates), new
+
+    return GradientTransformation(init, update_packed)

@@ -10,10 +10,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import reference
 import torch
-from reference import TOLERANCE, random_arrays, to_numpy
+from reference import (
+    TOLERANCE,
+    assert_trajectories_close,
+    functional_trajectory,
+    grad_sequence,
+    random_arrays,
+    to_numpy,
+    torch_trajectory,
+)
 
 import functorch_optim as fo
 from functorch_optim import facade, packing
@@ -225,3 +234,74 @@ def test_elementwise_init_depends_on_shape_and_dtype_only(name):
         jax.device_get(algorithm.init(param, options)),
         jax.device_get(algorithm.init(jnp.zeros_like(param), options)),
     )
+
+
+# --- fo.packed: the functional transforms with packed state ------------------------
+
+FUNCTIONAL = {
+    "SGD": "sgd",
+    "Adam": "adam",
+    "AdamW": "adamw",
+    "Adamax": "adamax",
+    "Adagrad": "adagrad",
+    "Adadelta": "adadelta",
+    "RMSprop": "rmsprop",
+    "Rprop": "rprop",
+    "NAdam": "nadam",
+    "RAdam": "radam",
+    "ASGD": "asgd",
+}
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_packed_transform_matches_torch(name):
+    dtype = "float32"
+    options = ELEMENTWISE[name]
+    params = random_arrays(0, SHAPES, dtype)
+    grads = grad_sequence(3, SHAPES, dtype)
+    expected = torch_trajectory(
+        lambda ps: getattr(torch.optim, name)(ps, **options), params, grads, dtype
+    )
+    tx = fo.packed(getattr(fo, FUNCTIONAL[name])(**options))
+    state = tx.init([jnp.asarray(p, dtype) for p in params])
+    assert [len(i) for i in state.indices] == [8]
+    actual = functional_trajectory(tx, params, grads, dtype)
+    assert_trajectories_close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "bfloat16"])
+def test_packed_transform_equals_the_per_leaf_one(dtype):
+    params = random_arrays(0, SHAPES, dtype)
+    grads = grad_sequence(3, SHAPES, dtype)
+    tx = fo.adam(lr=0.1, weight_decay=0.1)
+    packed = functional_trajectory(fo.packed(tx), params, grads, dtype)
+    for a, b in zip(packed, functional_trajectory(tx, params, grads, dtype)):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_packed_transform_composes_and_checks_its_input():
+    params = _params()
+    chained = optax.chain(fo.clip_grad_norm(1.0), fo.packed(fo.sgd(0.1, momentum=0.9)))
+    reference_tx = optax.chain(fo.clip_grad_norm(1.0), fo.sgd(0.1, momentum=0.9))
+    results = []
+    for tx in (chained, reference_tx):
+        state = tx.init(params)
+        step = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p))
+        for k in range(2):
+            updates, state = step(_grads(k), state, params)
+        results.append(updates)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+    with pytest.raises(TypeError, match="elementwise algorithm"):
+        fo.packed(fo.adafactor())
+    with pytest.raises(TypeError, match="elementwise algorithm"):
+        fo.packed(optax.adam(1e-3))
+    tx = fo.packed(fo.adam(0.1))
+    grads = _grads(0)
+    grads[1] = None
+    with pytest.raises(TypeError, match=r"grads\[1\] is None: a packed leaf"):
+        tx.update(grads, tx.init(params), params)
+    traced = jax.jit(tx.init)(params)  # no devices to read: every leaf alone
+    assert traced.indices == () and all(s is not None for s in traced.leaves)
