@@ -5,7 +5,10 @@
 ``zero_grad``) and holds no math: every ``step`` runs the algorithms' per-leaf rules
 (:mod:`functorch_optim.algorithms`) through :func:`functorch_optim.fused.step_leaves`
 in ONE jitted XLA computation for all groups, with the parameters and the state
-donated so XLA updates them in place.
+donated so XLA updates them in place. For elementwise algorithms the state of small
+leaves is kept packed in flat buffers between steps (:mod:`functorch_optim.packing`),
+so thousands of leaves cost a few kernels; ``state``, ``state_dict`` and
+``load_state_dict`` see it per leaf, as torch keeps it.
 
 What decides the compiled program (and so triggers a compile when it changes): the
 tree of arrays passed (which leaves have a gradient, their shapes and dtypes, which
@@ -553,22 +556,10 @@ class Optimizer:
         if len(candidates) < packing.MIN_PACKED_LEAVES:
             return
         if fresh:
-            templates: dict[Any, dict] = {}
-            for i in candidates:
-                if leaves[i].dtype not in templates:
-                    templates[leaves[i].dtype] = jax.eval_shape(
-                        functools.partial(self._new_state, options=options),
-                        jax.ShapeDtypeStruct((1,), leaves[i].dtype),
-                    )
-            known = [
-                jax.tree.map(
-                    lambda t, p=leaves[i]: jax.ShapeDtypeStruct(
-                        p.shape if t.shape else (), t.dtype
-                    ),
-                    templates[leaves[i].dtype],
-                )
-                for i in candidates
-            ]
+            known = packing.state_templates(
+                functools.partial(self._new_state, options=options),
+                [leaves[i] for i in candidates],
+            )
         else:
             known = [states[i] for i in candidates]
         for positions in packing.plan(

@@ -147,6 +147,35 @@ def plan(
     return [p for p in packs if len(p) >= MIN_PACKED_LEAVES]
 
 
+def state_templates(
+    init: Callable[[Any], dict], params: Sequence[Any]
+) -> list[dict | None]:
+    """The state ``init(param)`` would create for each leaf, as ``ShapeDtypeStruct``
+    entries for :func:`plan` (None for a leaf that is not a concrete array).
+
+    Traced once per dtype: an elementwise algorithm's per-element entries take the
+    leaf's shape, its scalar entries stay scalars.
+    """
+    per_dtype: dict[Any, dict] = {}
+    templates: list[dict | None] = []
+    for param in params:
+        if not (isinstance(param, jax.Array) and is_concrete(param)):
+            templates.append(None)
+            continue
+        if param.dtype not in per_dtype:
+            one = jax.ShapeDtypeStruct((1,), param.dtype)
+            per_dtype[param.dtype] = jax.eval_shape(init, one)
+        templates.append(
+            jax.tree.map(
+                lambda t, shape=param.shape: jax.ShapeDtypeStruct(
+                    shape if t.shape else (), t.dtype
+                ),
+                per_dtype[param.dtype],
+            )
+        )
+    return templates
+
+
 def _flat(arrays: Sequence[Any]) -> jax.Array:
     return jnp.concatenate([jnp.ravel(a) for a in arrays])
 
@@ -286,27 +315,18 @@ def packed(tx: Any) -> Any:
     def init(params):
         check_param_dtypes(params)
         leaves = jax.tree.leaves(params)
-        templates = [
-            jax.eval_shape(partial(init_leaf, algorithm, options=options), p)
-            if isinstance(p, jax.Array)
-            else None
-            for p in leaves
-        ]
-        groups = plan(leaves, leaves, templates)
+        init = partial(init_leaf, algorithm, options=options)
+        groups = plan(leaves, leaves, state_templates(init, leaves))
         in_pack = {i for group in groups for i in group}
         new_packs = [
-            pack_fresh(
-                group,
-                [leaves[i] for i in group],
-                partial(init_leaf, algorithm, options=options),
-            )
+            pack_fresh(group, [leaves[i] for i in group], init)
             for group in groups
         ]
         return PackedState(
             packs=[p.state for p in new_packs],
             offsets=[p.offsets for p in new_packs],
             leaves=[
-                None if i in in_pack else init_leaf(algorithm, p, options)
+                None if i in in_pack else init(p)
                 for i, p in enumerate(leaves)
             ],
             indices=tuple(p.indices for p in new_packs),
@@ -317,36 +337,35 @@ def packed(tx: Any) -> Any:
         params = params_or_zeros(algorithm, options, grads, params)
         leaves, treedef = jax.tree.flatten(params)
         grad_leaves = treedef.flatten_up_to(grads)
-        check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
-        updates: list[Any] = [None] * len(leaves)
+        names = leaf_names(params, "grads")
+        check_grads(leaves, grad_leaves, names)
+        new_leaves = list(leaves)
         new_packs = []
         for indices, pack_state, offsets in zip(
             state.indices, state.packs, state.offsets, strict=True
         ):
             for i in indices:
-                if grad_leaves[i] is None or grad_leaves[i].dtype != leaves[i].dtype:
+                grad = grad_leaves[i]
+                if grad is None or grad.dtype != leaves[i].dtype:
                     raise TypeError(
-                        f"{leaf_names(params, 'grads')[i]} is "
-                        f"{'None' if grad_leaves[i] is None else grad_leaves[i].dtype}"
-                        f": a packed leaf needs a gradient of its dtype "
-                        f"{leaves[i].dtype} at every step"
+                        f"{names[i]} is {'None' if grad is None else grad.dtype}: a "
+                        f"packed leaf needs a gradient of its dtype {leaves[i].dtype} "
+                        "at every step"
                     )
-            pack_params = [leaves[i] for i in indices]
-            shapes = [p.shape for p in pack_params]
-            flat_param = _flat(pack_params)
-            new_param, new_state = step_leaf(
-                algorithm,
-                flat_param,
-                _flat([grad_leaves[i] for i in indices]),
+            pack_params, pack_state = step_pack(
+                partial(step_leaf, algorithm),
+                [leaves[i].shape for i in indices],
+                [leaves[i] for i in indices],
+                [grad_leaves[i] for i in indices],
                 pack_state,
+                offsets,
                 options,
             )
-            deltas = _split(updates_between(new_param, flat_param), shapes, offsets)
-            for i, delta in zip(indices, deltas, strict=True):
-                updates[i] = delta
-            new_packs.append(new_state)
+            for i, new in zip(indices, pack_params, strict=True):
+                new_leaves[i] = new
+            new_packs.append(pack_state)
         alone = [i for i, s in enumerate(state.leaves) if s is not None]
-        new_leaves, new_states = step_leaves(
+        stepped, stepped_states = step_leaves(
             algorithm,
             [leaves[i] for i in alone],
             [grad_leaves[i] for i in alone],
@@ -354,10 +373,10 @@ def packed(tx: Any) -> Any:
             options,
         )
         leaf_states = list(state.leaves)
-        deltas = updates_between(new_leaves, [leaves[i] for i in alone])
-        for i, delta, new_state in zip(alone, deltas, new_states, strict=True):
-            updates[i] = delta
+        for i, new, new_state in zip(alone, stepped, stepped_states, strict=True):
+            new_leaves[i] = new
             leaf_states[i] = new_state
+        updates = updates_between(new_leaves, leaves)
         new = PackedState(new_packs, state.offsets, leaf_states, state.indices)
         return jax.tree.unflatten(treedef, updates), new
 
