@@ -555,11 +555,9 @@ class Optimizer:
         ]
         if len(candidates) < packing.MIN_PACKED_LEAVES:
             return
+        init = functools.partial(self._new_state, options=options)
         if fresh:
-            known = packing.state_templates(
-                functools.partial(self._new_state, options=options),
-                [leaves[i] for i in candidates],
-            )
+            known = packing.state_templates(init, [leaves[i] for i in candidates])
         else:
             known = [states[i] for i in candidates]
         for positions in packing.plan(
@@ -568,9 +566,7 @@ class Optimizer:
             indices = [candidates[k] for k in positions]
             params = [leaves[i] for i in indices]
             pack = (
-                packing.pack_fresh(
-                    indices, params, lambda p: self._new_state(p, options)
-                )
+                packing.pack_fresh(indices, params, init)
                 if fresh
                 else packing.pack(indices, params, [states[i] for i in indices])
             )

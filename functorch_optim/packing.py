@@ -319,16 +319,12 @@ def packed(tx: Any) -> Any:
         groups = plan(leaves, leaves, state_templates(init, leaves))
         in_pack = {i for group in groups for i in group}
         new_packs = [
-            pack_fresh(group, [leaves[i] for i in group], init)
-            for group in groups
+            pack_fresh(group, [leaves[i] for i in group], init) for group in groups
         ]
         return PackedState(
             packs=[p.state for p in new_packs],
             offsets=[p.offsets for p in new_packs],
-            leaves=[
-                None if i in in_pack else init(p)
-                for i, p in enumerate(leaves)
-            ],
+            leaves=[None if i in in_pack else init(p) for i, p in enumerate(leaves)],
             indices=tuple(p.indices for p in new_packs),
         )
 
