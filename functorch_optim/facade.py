@@ -272,6 +272,15 @@ _all_finite = jax.jit(all_finite)
 # --- params as given --------------------------------------------------------------
 
 
+def _matches(grad: Any, param: jax.Array) -> bool:
+    """``grad`` is an array of ``param``'s type, shape and dtype."""
+    return (
+        type(grad) is type(param)
+        and grad.shape == param.shape
+        and grad.dtype == param.dtype
+    )
+
+
 def _typename(x: Any) -> str:
     cls = type(x)
     if cls.__module__ == "builtins":
@@ -397,6 +406,8 @@ class Optimizer:
         self._packs: list[list[packing.Pack]] = []
         # leaves looked at for packing and left alone, until the packs change
         self._unpackable: list[set[int]] = []
+        # the last step's arrangement: (static options, stepped leaves, those alone)
+        self._arranged: list[tuple | None] = []
         self._grads: list[list[Any]] = []
         self._static_seen: list[Any] = []
         if isinstance(params, Iterator):
@@ -482,6 +493,7 @@ class Optimizer:
         self._leaf_states.append([None] * len(originals))
         self._packs.append([])
         self._unpackable.append(set())
+        self._arranged.append(None)
         self._grads.append([None] * len(originals))
         self._static_seen.append(None)
 
@@ -503,6 +515,7 @@ class Optimizer:
         self._leaf_states = states
         self._packs = [[] for _ in states]
         self._unpackable = [set() for _ in states]
+        self._arranged = [None for _ in states]
 
     def _unpack(self, g: int, packs: list | None = None) -> None:
         """Per-leaf states again for ``packs`` of group ``g`` (default: all)."""
@@ -513,10 +526,25 @@ class Optimizer:
             self._packs[g].remove(pack)
         if packs:
             self._unpackable[g].clear()
+            self._arranged[g] = None
 
     def _arrange(self, g: int, stepped: list, options: Options, static) -> list:
         """Prepare group ``g``'s states for a step of the ``stepped`` leaves; returns
         the leaves stepped alone (the others are in ``self._packs[g]``)."""
+        grads = self._grads[g]
+        arranged = self._arranged[g]
+        if (
+            arranged is not None
+            and arranged[0] == static
+            and arranged[1] == tuple(stepped)
+            and all(isinstance(grads[i], jax.Array) for i in stepped)
+        ):
+            return arranged[2]  # as the last step: nothing to create or repack
+        alone = self._arranged_anew(g, stepped, options, static)
+        self._arranged[g] = (static, tuple(stepped), alone)
+        return alone
+
+    def _arranged_anew(self, g: int, stepped: list, options: Options, static) -> list:
         if self._static_seen[g] != static:
             self._unpack(g)  # entries may be added: complete them per leaf
         grads = self._grads[g]
@@ -718,7 +746,9 @@ class Optimizer:
                 f"grads of group {g} must have the structure of its params {treedef}"
             ) from e
         return [
-            self._checked_grad(p, grad, f"the grad of parameter {i} of group {g}")
+            grad
+            if grad is None or _matches(grad, p)  # the common case, checked fast
+            else self._checked_grad(p, grad, f"the grad of parameter {i} of group {g}")
             for i, (p, grad) in enumerate(zip(params, leaves))
         ]
 
