@@ -255,11 +255,16 @@ def step_pack(
     state: dict,
     offsets: Sequence[Any],
     options: Options,
+    as_updates: bool = False,
 ) -> tuple[list[Any], dict]:
-    """One step of a pack's leaves (inside a compiled step): their new params and
-    the pack's new state. ``step_leaf(param, grad, state, options)`` is the per-leaf
-    rule, run once over the flat arrays."""
-    new_param, new_state = step_leaf(_flat(params), _flat(grads), state, options)
+    """One step of a pack's leaves (inside a compiled step): their new params (with
+    ``as_updates``: new - old, see :func:`~functorch_optim.core.updates_between`)
+    and the pack's new state. ``step_leaf(param, grad, state, options)`` is the
+    per-leaf rule, run once over the flat arrays."""
+    flat_param = _flat(params)
+    new_param, new_state = step_leaf(flat_param, _flat(grads), state, options)
+    if as_updates:  # one flat kernel; the caller's per-leaf adds stay simple
+        new_param = updates_between(new_param, flat_param)
     return _split(new_param, shapes, offsets), new_state
 
 
@@ -335,7 +340,7 @@ def packed(tx: Any) -> Any:
         grad_leaves = treedef.flatten_up_to(grads)
         names = leaf_names(params, "grads")
         check_grads(leaves, grad_leaves, names)
-        new_leaves = list(leaves)
+        updates: list[Any] = [None] * len(leaves)
         new_packs = []
         for indices, pack_state, offsets in zip(
             state.indices, state.packs, state.offsets, strict=True
@@ -348,7 +353,7 @@ def packed(tx: Any) -> Any:
                         f"packed leaf needs a gradient of its dtype {leaves[i].dtype} "
                         "at every step"
                     )
-            pack_params, pack_state = step_pack(
+            pack_updates, pack_state = step_pack(
                 partial(step_leaf, algorithm),
                 [leaves[i].shape for i in indices],
                 [leaves[i] for i in indices],
@@ -356,9 +361,10 @@ def packed(tx: Any) -> Any:
                 pack_state,
                 offsets,
                 options,
+                as_updates=True,
             )
-            for i, new in zip(indices, pack_params, strict=True):
-                new_leaves[i] = new
+            for i, update in zip(indices, pack_updates, strict=True):
+                updates[i] = update
             new_packs.append(pack_state)
         alone = [i for i, s in enumerate(state.leaves) if s is not None]
         stepped, stepped_states = step_leaves(
@@ -369,10 +375,10 @@ def packed(tx: Any) -> Any:
             options,
         )
         leaf_states = list(state.leaves)
-        for i, new, new_state in zip(alone, stepped, stepped_states, strict=True):
-            new_leaves[i] = new
+        deltas = updates_between(stepped, [leaves[i] for i in alone])
+        for i, delta, new_state in zip(alone, deltas, stepped_states, strict=True):
+            updates[i] = delta
             leaf_states[i] = new_state
-        updates = updates_between(new_leaves, leaves)
         new = PackedState(new_packs, state.offsets, leaf_states, state.indices)
         return jax.tree.unflatten(treedef, updates), new
 
