@@ -501,10 +501,12 @@ class Optimizer:
 
     @property
     def _states(self) -> list[list[dict | None]]:
-        """Each group's per-leaf states (None: no state yet), unpacking any packs.
+        """Each group's per-leaf states (None: no state yet), unpacking any packs,
+        for code that changes them per leaf.
 
-        Steps keep the state of many small leaves packed (:mod:`.packing`); every
-        other reader of the state sees it per leaf, as torch keeps it.
+        Steps keep the state of many small leaves packed (:mod:`.packing`);
+        ``state`` and ``state_dict`` read it per leaf through
+        :meth:`_state_snapshot`, leaving the packs in place.
         """
         for g in range(len(self._packs)):
             self._unpack(g)
@@ -516,6 +518,18 @@ class Optimizer:
         self._packs = [[] for _ in states]
         self._unpackable = [set() for _ in states]
         self._arranged = [None for _ in states]
+
+    def _state_snapshot(self) -> list[list[dict | None]]:
+        """Each group's per-leaf states to read: packed ones are sliced out of their
+        packs (copies), which stay packed for the next step."""
+        snapshot = []
+        for states, packs in zip(self._leaf_states, self._packs, strict=True):
+            states = list(states)
+            for pack in packs:
+                for i, state in zip(pack.indices, packing.unpack(pack), strict=True):
+                    states[i] = state
+            snapshot.append(states)
+        return snapshot
 
     def _unpack(self, g: int, packs: list | None = None) -> None:
         """Per-leaf states again for ``packs`` of group ``g`` (default: all)."""
@@ -955,8 +969,9 @@ class Optimizer:
         for, keyed by the parameter's index (or the parameter array itself)."""
         items: dict[int, dict] = {}
         leaves: list[Any] = []
+        snapshot = self._state_snapshot()
         for g, group in enumerate(self.param_groups):
-            for i, state in enumerate(self._states[g]):
+            for i, state in enumerate(snapshot[g]):
                 view = self._torch_state(state)
                 if view:
                     items[len(leaves) + i] = view
@@ -973,11 +988,12 @@ class Optimizer:
         for pre_hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
             pre_hook(self)
         groups, state, start = [], {}, 0
+        snapshot = self._state_snapshot()
         for g, group in enumerate(self.param_groups):
             packed = {k: v for k, v in group.items() if k != "params"}
             packed["params"] = list(range(start, start + len(group["params"])))
             groups.append(packed)
-            for i, leaf_state in enumerate(self._states[g]):
+            for i, leaf_state in enumerate(snapshot[g]):
                 view = self._torch_state(leaf_state)
                 if view:
                     # copies (later steps donate the optimizer's own buffers), per
