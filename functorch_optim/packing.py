@@ -1,4 +1,5 @@
-"""Packed state: the facade steps many small leaves as one flat buffer.
+"""Packed state: many small leaves stepped as one flat buffer (by the facade on its
+own, by the functional transforms through :func:`packed`).
 
 XLA on CPU emits at least one kernel per output array and pays microseconds to run
 each, so a tree of thousands of small leaves is all overhead: on 2 cores, 2000 leaves
