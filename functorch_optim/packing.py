@@ -301,8 +301,10 @@ def packed(tx: Any) -> Any:
     small leaves' state lives in flat buffers (a :class:`PackedState`), so a step
     runs a few kernels over all of them instead of several per leaf, and compiles
     in a fraction of the time. For trees of many small leaves. ``init`` needs
-    concrete params (it reads their devices); every packed leaf needs a gradient
-    at every step (packed leaves share one step count).
+    concrete params (it reads their devices; traced, as under ``jit`` or ``vmap``,
+    every leaf stays alone, so for a batch of models call ``init`` under the same
+    ``vmap`` as ``update``); every packed leaf needs a gradient at every step
+    (packed leaves share one step count).
 
     Example::
 

@@ -306,3 +306,15 @@ def test_packed_transform_composes_and_checks_its_input():
         tx.update(grads, tx.init(params), params)
     traced = jax.jit(tx.init)(params)  # no devices to read: every leaf alone
     assert traced.indices == () and all(s is not None for s in traced.leaves)
+    # a batch of models: init under the same vmap (the packs' scalars and
+    # offsets have no axis to map)
+    batched = [jnp.stack([p, p]) for p in params]
+    with pytest.raises(ValueError, match="rank should be at least 1"):
+        jax.vmap(tx.update)(
+            [jnp.stack([g, g]) for g in _grads(0)], tx.init(batched), batched
+        )
+    per_model = jax.vmap(tx.init)(batched)
+    updates, _ = jax.vmap(tx.update)(
+        [jnp.stack([g, g]) for g in _grads(0)], per_model, batched
+    )
+    assert all(u.shape == p.shape for u, p in zip(updates, batched, strict=True))
