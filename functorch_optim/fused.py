@@ -138,13 +138,20 @@ def step_tree(
     algorithm: Algorithm, params: Any, grads: Any, state: dict, options: Options
 ) -> tuple[Any, dict]:
     """Step every leaf of ``params``; returns the new params and the new state."""
-    leaves, treedef = jax.tree.flatten(params)
-    grad_leaves = _flatten_like(grads, treedef, "grads")
-    check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
+    leaves, grad_leaves, treedef = checked_leaves(params, grads)
     new_leaves, new_states = step_leaves(
         algorithm, leaves, grad_leaves, state_to_leaves(state, treedef), options
     )
     return jax.tree.unflatten(treedef, new_leaves), leaves_to_state(new_states, treedef)
+
+
+def checked_leaves(params: Any, grads: Any) -> tuple[list, list, Any]:
+    """The leaves of ``params`` and of ``grads`` (same structure, shapes and
+    compatible dtypes, else torch-style errors), and the params' treedef."""
+    leaves, treedef = jax.tree.flatten(params)
+    grad_leaves = _flatten_like(grads, treedef, "grads")
+    check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
+    return leaves, grad_leaves, treedef
 
 
 def _flatten_like(tree: Any, treedef, what: str) -> list[Any]:

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .algorithms.base import Options
-from .checks import check_grads, check_param_dtypes, leaf_names
+from .checks import check_param_dtypes, leaf_names
 from .core import GradientTransformation, is_concrete, updates_between
 from .functional import AlgorithmUpdate, params_or_zeros
-from .fused import init_leaf, step_leaf, step_leaves
+from .fused import checked_leaves, init_leaf, step_leaf, step_leaves
 
 # Leaves with more elements than this are stepped alone: their kernels' launch cost
 # is small next to their bytes, and packing copies their params and grads once more.
@@ -339,10 +339,7 @@ def packed(tx: Any) -> Any:
     def update_packed(grads, state, params=None, **extra_args):
         del extra_args
         params = params_or_zeros(algorithm, options, grads, params)
-        leaves, treedef = jax.tree.flatten(params)
-        grad_leaves = treedef.flatten_up_to(grads)
-        names = leaf_names(params, "grads")
-        check_grads(leaves, grad_leaves, names)
+        leaves, grad_leaves, treedef = checked_leaves(params, grads)
         updates: list[Any] = [None] * len(leaves)
         new_packs = []
         for indices, pack_state, offsets in zip(
@@ -352,7 +349,8 @@ def packed(tx: Any) -> Any:
                 grad = grad_leaves[i]
                 if grad is None or grad.dtype != leaves[i].dtype:
                     raise TypeError(
-                        f"{names[i]} is {'None' if grad is None else grad.dtype}: a "
+                        f"{leaf_names(params, 'grads')[i]} is "
+                        f"{'None' if grad is None else grad.dtype}: a "
                         f"packed leaf needs a gradient of its dtype {leaves[i].dtype} "
                         "at every step"
                     )
