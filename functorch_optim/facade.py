@@ -222,9 +222,9 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
 
     ``spec`` = ((algorithm, static options, the shardings of the leaves stepped
     alone, the shapes of each pack's leaves),): every result stays on its
-    parameter's shards. Per group, ``packs`` holds the (params, state) of each
-    :class:`~functorch_optim.packing.Pack` (donated), ``pack_inputs`` its (grads,
-    offsets).
+    parameter's shards. Per group, ``packs`` holds the (flat params, leaf params,
+    state) of each :class:`~functorch_optim.packing.Pack` (donated: the leaf
+    params' buffers take the new ones), ``pack_inputs`` its (grads, offsets).
     """
     global _compiles
     _compiles += 1
@@ -235,22 +235,20 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
         algorithm, static, shardings, pack_shapes = group_spec
         values = iter(t)
         options = Options({k: _join_option(v, values) for k, v in static})
-        new_packs.append(
-            [
-                packing.step_pack(
-                    functools.partial(step_leaf, algorithm),
-                    shapes,
-                    pack_params,
-                    pack_grads,
-                    pack_state,
-                    offsets,
-                    options,
-                )
-                for shapes, (pack_params, pack_state), (pack_grads, offsets) in zip(
-                    pack_shapes, group_packs, inputs, strict=True
-                )
-            ]
-        )
+        group_new_packs = []
+        for shapes, (flat_params, _, pack_state), (pack_grads, offsets) in zip(
+            pack_shapes, group_packs, inputs, strict=True
+        ):
+            flat_params, pack_state = packing.step_pack(
+                functools.partial(step_leaf, algorithm),
+                flat_params,
+                pack_grads,
+                pack_state,
+                options,
+            )
+            leaves = packing.split(flat_params, shapes, offsets)
+            group_new_packs.append((flat_params, leaves, pack_state))
+        new_packs.append(group_new_packs)
         group_params, group_states = step_leaves(algorithm, p, g, s, options)
         group_params = [
             constrain(new, sharding, old.shape)
@@ -263,6 +261,12 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
         new_params.append(group_params)
         new_states.append(group_states)
     return new_params, new_states, new_packs
+
+
+def _pack_operands(pack: packing.Pack, leaves: list) -> tuple:
+    """A pack's (flat params, leaf params, state) for :func:`_step_groups`."""
+    pack_leaves = [leaves[i] for i in pack.indices]
+    return pack.flat_params(pack_leaves), pack_leaves, pack.state
 
 
 _fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
@@ -891,9 +895,7 @@ class Optimizer:
             params.append([leaves[i] for i in alone])
             grads.append([leaf_grads[i] for i in alone])
             states.append([leaf_states[i] for i in alone])
-            packs.append(
-                [([leaves[i] for i in p.indices], p.state) for p in group_packs]
-            )
+            packs.append([_pack_operands(p, leaves) for p in group_packs])
             pack_inputs.append(
                 [([leaf_grads[i] for i in p.indices], p.offsets) for p in group_packs]
             )
@@ -911,10 +913,10 @@ class Optimizer:
             for k, i in enumerate(alone):
                 leaves[i] = group_params[k]
                 leaf_states[i] = group_states[k]
-            for pack, (pack_params, pack_state) in zip(
+            for pack, (flat_params, pack_params, pack_state) in zip(
                 self._packs[g], group_packs, strict=True
             ):
-                pack.state = pack_state
+                pack.stepped(flat_params, pack_params, pack_state)
                 for i, param in zip(pack.indices, pack_params, strict=True):
                     leaves[i] = param
 

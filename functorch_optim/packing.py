@@ -65,12 +65,37 @@ class Pack:
       state: per-element entries as flat buffers, scalar entries once, None for
         entries no leaf has.
       offsets: each leaf's start in the flat buffers, an int32 device scalar.
+      params: the leaves' params as one flat buffer, as of ``leaves`` (see
+        :meth:`flat_params`); None until a step asks for it.
+      leaves: the param arrays ``params`` holds.
     """
 
     indices: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     state: dict[str, Any]
     offsets: list[jax.Array]
+    params: jax.Array | None = None
+    leaves: tuple[jax.Array, ...] = ()
+
+    def flat_params(self, leaves: Sequence[jax.Array]) -> jax.Array:
+        """``leaves`` (the pack's params, in ``indices`` order) as one flat buffer.
+
+        A step returns the new params both flat and split, and the facade keeps
+        the flat buffer here: while the group's leaves are still the arrays that
+        step returned (checked by identity), the next step starts from it instead
+        of concatenating them again, which on 2 cores saves a third of a
+        2000-leaf step. A leaf replaced by the user gets a new concatenation.
+        """
+        if len(leaves) != len(self.leaves) or any(
+            a is not b for a, b in zip(leaves, self.leaves, strict=True)
+        ):
+            self.params, self.leaves = _flat_jit(leaves), tuple(leaves)
+        assert self.params is not None
+        return self.params
+
+    def stepped(self, flat_params: jax.Array, leaves: list, state: dict) -> None:
+        """Take a step's results: the new params, flat and split, and state."""
+        self.params, self.leaves, self.state = flat_params, tuple(leaves), state
 
 
 def _entry_kind(param: Any, value: Any) -> str | None:
@@ -181,6 +206,9 @@ def _flat(arrays: Sequence[Any]) -> jax.Array:
     return jnp.concatenate([jnp.ravel(a) for a in arrays])
 
 
+_flat_jit = jax.jit(_flat)
+
+
 def _packed(indices: Sequence[int], params: Sequence[Any], state: dict) -> Pack:
     shapes = tuple(tuple(p.shape) for p in params)
     starts = np.cumsum([0] + [math.prod(s) for s in shapes[:-1]], dtype=np.int32)
@@ -215,7 +243,8 @@ def _pack_states(kinds: tuple, states: list[dict]) -> dict:
     }
 
 
-def _split(flat: jax.Array, shapes: Sequence[tuple], offsets: Sequence[Any]) -> list:
+def split(flat: jax.Array, shapes: Sequence[tuple], offsets: Sequence[Any]) -> list:
+    """The leaves of a pack's flat buffer, cut at runtime ``offsets``."""
     return [
         jax.lax.dynamic_slice(
             flat, (start,), (math.prod(shape),), allow_negative_indices=False
@@ -231,7 +260,7 @@ def _unpacked_states(state: dict, shapes: tuple, offsets: list) -> list[dict]:
         if value is None
         else [value] * len(shapes)
         if value.ndim == 0
-        else _split(value, shapes, offsets)
+        else split(value, shapes, offsets)
         for name, value in state.items()
     }
     return [
@@ -250,23 +279,17 @@ def unpack(pack: Pack) -> list[dict]:
 
 def step_pack(
     step_leaf: StepLeaf,
-    shapes: Sequence[tuple],
-    params: Sequence[Any],
+    flat_param: jax.Array,
     grads: Sequence[Any],
     state: dict,
-    offsets: Sequence[Any],
     options: Options,
-    as_updates: bool = False,
-) -> tuple[list[Any], dict]:
-    """One step of a pack's leaves (inside a compiled step): their new params (with
-    ``as_updates``: new - old, see :func:`~functorch_optim.core.updates_between`)
-    and the pack's new state. ``step_leaf(param, grad, state, options)`` is the
-    per-leaf rule, run once over the flat arrays."""
-    flat_param = _flat(params)
-    new_param, new_state = step_leaf(flat_param, _flat(grads), state, options)
-    if as_updates:  # one flat kernel; the caller's per-leaf adds stay simple
-        new_param = updates_between(new_param, flat_param)
-    return _split(new_param, shapes, offsets), new_state
+) -> tuple[jax.Array, dict]:
+    """One step of a pack's leaves (inside a compiled step): their new params, flat,
+    and the pack's new state. ``flat_param`` holds the leaves' params raveled and
+    concatenated in order, ``grads`` their gradients;
+    ``step_leaf(param, grad, state, options)`` is the per-leaf rule, run once over
+    the flat arrays. :func:`split` cuts the result back into leaves."""
+    return step_leaf(flat_param, _flat(grads), state, options)
 
 
 # --- the functional transforms, packed --------------------------------------------
@@ -354,15 +377,19 @@ def packed(tx: Any) -> Any:
                         f"packed leaf needs a gradient of its dtype {leaves[i].dtype} "
                         "at every step"
                     )
-            pack_updates, pack_state = step_pack(
+            flat_param = _flat([leaves[i] for i in indices])
+            new_param, pack_state = step_pack(
                 partial(step_leaf, algorithm),
-                [leaves[i].shape for i in indices],
-                [leaves[i] for i in indices],
+                flat_param,
                 [grad_leaves[i] for i in indices],
                 pack_state,
-                offsets,
                 options,
-                as_updates=True,
+            )
+            # one flat subtraction; the caller's per-leaf adds stay simple
+            pack_updates = split(
+                updates_between(new_param, flat_param),
+                [leaves[i].shape for i in indices],
+                offsets,
             )
             for i, update in zip(indices, pack_updates, strict=True):
                 updates[i] = update

@@ -107,7 +107,8 @@ def test_every_elementwise_algorithm_packs_and_no_other_does():
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
 def test_packed_equals_per_leaf_through_layout_changes(name, monkeypatch):
     """Steps with a leaf left out (its pack unpacks; it then keeps its own count),
-    a state_dict read in between (the packs stay) and a group added later."""
+    a state_dict read and a param replaced in between (the packs stay; the new
+    param is read) and a group added later."""
     packed, alone = _twins(name, monkeypatch)
     for k in range(5):
         grads = _grads(k)
@@ -121,6 +122,9 @@ def test_packed_equals_per_leaf_through_layout_changes(name, monkeypatch):
             packs = list(packed._packs[0])
             _assert_same(packed, alone)
             assert packed._packs[0] == packs
+            for opt in (packed, alone):
+                leaves = opt.param_groups[0]["params"]
+                leaves[2] = jnp.full_like(leaves[2], 0.5)
     # leaf 1 missed a step: it cannot share the others' step count again
     assert [len(p.indices) for p in packed._packs[0]] == [7]
     for opt in (packed, alone):
