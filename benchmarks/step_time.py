@@ -11,7 +11,9 @@ For each anchor pytree (see ``PYTREES``) and optimizer, in one process:
                 ``foreach=True`` (``n/a`` where torch has no such kernel);
 * ``optax``     optax's transform under ``jax.jit`` with params and state donated.
 
-It prints the median ms per step, the ratios to torch fused and to optax, the
+The paths are timed in turns, one step of each per round, so that a drift in the
+machine's speed (2 shared cores) moves them alike. It prints the median ms per
+step, the ratios to torch fused and to optax, the
 first-step compile time of the JAX paths (the facade's includes creating its
 state) and the memory of one compiled step
 (XLA's ``memory_analysis``: arguments + outputs - aliased + temporaries, against the
@@ -151,15 +153,22 @@ class Result:
 # --- timing ---------------------------------------------------------------------
 
 
-def median_ms(step: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def interleaved_medians(
+    runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median ms per call of each ``run``, timed in turns (one call of each per
+    round), so that a machine whose speed drifts during the run (a shared VM)
+    shifts every path alike and the ratios stay fair."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {label: [] for label in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * MS
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) * MS for label, t in times.items()}
 
 
 def make_arrays(shapes: dict[str, tuple], seed: int) -> dict[str, np.ndarray]:
@@ -181,7 +190,7 @@ def compiled_peak_mb(compiled) -> float | None:
     ) / MB
 
 
-def bench_jax_transform(tx, params_np, grads_np, repeats, result, label):
+def bench_jax_transform(tx, params_np, grads_np, result, label):
     """A donated ``jax.jit`` step of an optax-style transform."""
 
     def step(params, state, grads):
@@ -202,14 +211,14 @@ def bench_jax_transform(tx, params_np, grads_np, repeats, result, label):
         carry[0], carry[1] = compiled(carry[0], carry[1], grads)
         jax.block_until_ready(carry[0])
 
-    result.ms[label] = median_ms(run, repeats)
+    return run
 
 
-def bench_facade(spec, params_np, grads_np, repeats, result):
+def bench_facade(spec, params_np, grads_np, result):
     facade = getattr(fo, spec.fo_facade, None)
     if facade is None:
         print(f"  note: fo.{spec.fo_facade} does not exist yet; facade skipped")
-        return
+        return None
     opt = facade({k: jnp.asarray(v) for k, v in params_np.items()}, **spec.kwargs)
     grads = {k: jnp.asarray(v) for k, v in grads_np.items()}
 
@@ -218,11 +227,13 @@ def bench_facade(spec, params_np, grads_np, repeats, result):
         jax.block_until_ready(opt.param_groups[0]["params"])
 
     start = time.perf_counter()
-    run()  # the first step traces and compiles
+    run()  # the first step creates the state, traces and compiles
     first = time.perf_counter() - start
-    result.ms["fo facade"] = median_ms(run, repeats)
-    result.compile_s["fo facade"] = first - result.ms["fo facade"] / MS
+    start = time.perf_counter()
+    run()
+    result.compile_s["fo facade"] = first - (time.perf_counter() - start)
     result.peak_mb["fo facade"] = compiled_peak_mb(facade_step_compiled(opt, grads))
+    return run
 
 
 def facade_step_compiled(opt, grads):
@@ -248,8 +259,7 @@ def _copy_array(x):
     return x.copy() if isinstance(x, jax.Array) else x
 
 
-def bench_torch(spec, params_np, grads_np, repeats, result, flag):
-    label = f"torch {flag}"
+def bench_torch(spec, params_np, grads_np, flag):
     params = [torch.tensor(v, requires_grad=True) for v in params_np.values()]
     for p, g in zip(params, grads_np.values()):
         p.grad = torch.tensor(g)
@@ -258,14 +268,13 @@ def bench_torch(spec, params_np, grads_np, repeats, result, flag):
         opt.step()
     except (RuntimeError, TypeError, ValueError) as e:  # no such kernel in torch
         print(f"  note: {spec.torch_class.__name__}({flag}=True): {e}".splitlines()[0])
-        result.ms[label] = None
-        return
+        return None
 
     def run():
         with torch.no_grad():
             opt.step()
 
-    result.ms[label] = median_ms(run, repeats)
+    return run
 
 
 def bench(tree: str, name: str, repeats: int) -> Result:
@@ -277,26 +286,28 @@ def bench(tree: str, name: str, repeats: int) -> Result:
     result = Result()
     n_bytes = sum(v.nbytes for v in params_np.values())
     result.floor_mb = n_bytes * (2 + spec.state_copies) / MB  # params+state+grad
-    bench_jax_transform(
-        spec.fo_functional(**spec.kwargs),
-        params_np,
-        grads_np,
-        repeats,
-        result,
-        "fo jit",
+    runs = {
+        "fo jit": bench_jax_transform(
+            spec.fo_functional(**spec.kwargs), params_np, grads_np, result, "fo jit"
+        ),
+        "fo packed": bench_jax_transform(
+            fo.packed(spec.fo_functional(**spec.kwargs)),
+            params_np,
+            grads_np,
+            result,
+            "fo packed",
+        ),
+        "fo facade": bench_facade(spec, params_np, grads_np, result),
+        "torch fused": bench_torch(spec, params_np, grads_np, "fused"),
+        "torch foreach": bench_torch(spec, params_np, grads_np, "foreach"),
+        "optax": bench_jax_transform(
+            spec.optax_tx(), params_np, grads_np, result, "optax"
+        ),
+    }
+    result.ms = {label: None for label in runs}
+    result.ms |= interleaved_medians(
+        {label: run for label, run in runs.items() if run is not None}, repeats
     )
-    bench_jax_transform(
-        fo.packed(spec.fo_functional(**spec.kwargs)),
-        params_np,
-        grads_np,
-        repeats,
-        result,
-        "fo packed",
-    )
-    bench_facade(spec, params_np, grads_np, repeats, result)
-    bench_torch(spec, params_np, grads_np, repeats, result, "fused")
-    bench_torch(spec, params_np, grads_np, repeats, result, "foreach")
-    bench_jax_transform(spec.optax_tx(), params_np, grads_np, repeats, result, "optax")
     return result
 
 
