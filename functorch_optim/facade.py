@@ -7,8 +7,9 @@
 in ONE jitted XLA computation for all groups, with the parameters and the state
 donated so XLA updates them in place. For elementwise algorithms the state of small
 leaves is kept packed in flat buffers between steps (:mod:`functorch_optim.packing`),
-so thousands of leaves cost a few kernels; ``state``, ``state_dict`` and
-``load_state_dict`` see it per leaf, as torch keeps it.
+with a flat copy of their params, so thousands of leaves cost a few kernels and one
+slice each; ``state``, ``state_dict`` and ``load_state_dict`` see it per leaf, as
+torch keeps it.
 
 What decides the compiled program (and so triggers a compile when it changes): the
 tree of arrays passed (which leaves have a gradient, their shapes and dtypes, which
