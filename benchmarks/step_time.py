@@ -11,8 +11,8 @@ For each anchor pytree (see ``PYTREES``) and optimizer, in one process:
                 ``foreach=True`` (``n/a`` where torch has no such kernel);
 * ``optax``     optax's transform under ``jax.jit`` with params and state donated.
 
-The paths are timed in turns, one step of each per round, so that a drift in the
-machine's speed (2 shared cores) moves them alike. It prints the median ms per
+The paths are timed in turns, a few steps of each per round, so that a drift in
+the machine's speed (2 shared cores) moves them alike. It prints the median ms per
 step, the ratios to torch fused and to optax, the
 first-step compile time of the JAX paths (the facade's includes creating its
 state) and the memory of one compiled step
@@ -154,20 +154,23 @@ class Result:
 
 
 def interleaved_medians(
-    runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+    runs: dict[str, Callable[[], None]], repeats: int, block: int = 3
 ) -> dict[str, float]:
-    """Median ms per call of each ``run``, timed in turns (one call of each per
-    round), so that a machine whose speed drifts during the run (a shared VM)
-    shifts every path alike and the ratios stay fair."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
+    """Median ms per call of each ``run``, over ``repeats`` timed calls each.
+
+    The paths take turns: per round, each runs one untimed call (its arrays back in
+    the caches, as when it runs alone) and then ``block`` timed calls. A drift in
+    the shared machine's speed thus moves every path alike, and no path is timed
+    on caches left cold by another library's step.
+    """
     times: dict[str, list[float]] = {label: [] for label in runs}
-    for _ in range(repeats):
+    for _ in range(-(-repeats // block)):
         for label, run in runs.items():
-            start = time.perf_counter()
             run()
-            times[label].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                times[label].append(time.perf_counter() - start)
     return {label: statistics.median(t) * MS for label, t in times.items()}
 
 
