@@ -280,7 +280,7 @@ def bench_torch(spec, params_np, grads_np, flag):
     return run
 
 
-def bench(tree: str, name: str, repeats: int) -> Result:
+def bench(tree: str, name: str, repeats: int, paths: tuple[str, ...]) -> Result:
     spec = OPTIMIZERS[name]
     shapes = PYTREES[tree]()
     params_np, grads_np = make_arrays(shapes, 0), make_arrays(shapes, 1)
@@ -289,24 +289,25 @@ def bench(tree: str, name: str, repeats: int) -> Result:
     result = Result()
     n_bytes = sum(v.nbytes for v in params_np.values())
     result.floor_mb = n_bytes * (2 + spec.state_copies) / MB  # params+state+grad
-    runs = {
-        "fo jit": bench_jax_transform(
+    setups = {
+        "fo jit": lambda: bench_jax_transform(
             spec.fo_functional(**spec.kwargs), params_np, grads_np, result, "fo jit"
         ),
-        "fo packed": bench_jax_transform(
+        "fo packed": lambda: bench_jax_transform(
             fo.packed(spec.fo_functional(**spec.kwargs)),
             params_np,
             grads_np,
             result,
             "fo packed",
         ),
-        "fo facade": bench_facade(spec, params_np, grads_np, result),
-        "torch fused": bench_torch(spec, params_np, grads_np, "fused"),
-        "torch foreach": bench_torch(spec, params_np, grads_np, "foreach"),
-        "optax": bench_jax_transform(
+        "fo facade": lambda: bench_facade(spec, params_np, grads_np, result),
+        "torch fused": lambda: bench_torch(spec, params_np, grads_np, "fused"),
+        "torch foreach": lambda: bench_torch(spec, params_np, grads_np, "foreach"),
+        "optax": lambda: bench_jax_transform(
             spec.optax_tx(), params_np, grads_np, result, "optax"
         ),
     }
+    runs = {label: setups[label]() for label in paths}
     result.ms = {label: None for label in runs}
     result.ms |= interleaved_medians(
         {label: run for label, run in runs.items() if run is not None}, repeats
@@ -390,6 +391,13 @@ def main(argv: list[str] | None = None) -> None:
         default=20,
         help="timed steps per measurement (median taken)",
     )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=list(PATHS),
+        choices=PATHS,
+        help="the paths to time (each holds its own params and state meanwhile)",
+    )
     parser.add_argument("--png", default="benchmarks/step_time.png")
     args = parser.parse_args(argv)
 
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     for tree in args.pytrees:
         for name in args.optimizers:
             print(f"{tree} / {name} ...", flush=True)
-            results[tree, name] = bench(tree, name, args.repeats)
+            results[tree, name] = bench(tree, name, args.repeats, tuple(args.paths))
     print(table(results))
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.png:
