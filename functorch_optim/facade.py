@@ -270,7 +270,12 @@ def _pack_operands(pack: packing.Pack, leaves: list) -> tuple:
     return pack.flat_params(pack_leaves), pack_leaves, pack.state
 
 
-_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
+# keep_unused: a pack's leaf params are read from its flat buffer, not from the
+# leaves, and jit would prune them; kept, they are donated, so the new leaves take
+# their buffers and the old arrays are deleted, as for every other param.
+_fused_step = jax.jit(
+    _step_groups, static_argnums=0, donate_argnums=(1, 3, 4), keep_unused=True
+)
 _all_finite = jax.jit(all_finite)
 
 

@@ -249,6 +249,19 @@ def test_trajectory_parity_with_torch(c, dtype, layout):
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), dtype)
 
 
+def test_a_step_donates_the_params_it_replaces(layout):
+    """As torch overwrites its tensors in place, a step deletes the arrays it
+    replaces: an old reference fails loudly instead of reading stale values, and
+    the new params reuse the old buffers."""
+    opt = fo.Adam([jnp.full(3, float(i)) for i in range(4)], lr=0.1)
+    old = list(opt.param_groups[0]["params"])
+    opt.step([jnp.ones(3)] * 4)
+    assert any(opt._packs) == (layout == "packed")
+    assert all(p.is_deleted() for p in old)
+    with pytest.raises(RuntimeError, match="deleted"):
+        old[0] + 1
+
+
 _SPARSE_SHAPES = ((4, 3), (5,))
 _SPARSE_ROWS = [np.array([[0], [2]]), np.array([[1], [4], [1]])]
 
