@@ -89,11 +89,12 @@ class Pack:
         of concatenating them again, which on 2 cores saves a third of a
         2000-leaf step. A leaf replaced by the user gets a new concatenation.
         """
-        if len(leaves) != len(self.leaves) or any(
-            a is not b for a, b in zip(leaves, self.leaves, strict=True)
+        if (
+            self.params is None
+            or len(leaves) != len(self.leaves)
+            or any(a is not b for a, b in zip(leaves, self.leaves, strict=True))
         ):
             self.params, self.leaves = _flat_jit(leaves), tuple(leaves)
-        assert self.params is not None
         return self.params
 
     def stepped(self, flat_params: jax.Array, leaves: list, state: dict) -> None:
