@@ -167,20 +167,26 @@ def same_spec(got, want, ndim: int) -> bool:
     )
 
 
-def check_state_placement(state: dict, params: dict, what: str) -> None:
-    """Every state array has the sharding derived from its parameter's."""
+def wanted_state_shardings(state: dict, params: dict):
+    """(entry name, leaf name, state array, the sharding derived from its param's)
+    for every state array (concrete, or abstract from ``eval_shape``)."""
     for key, tree in state.items():
         for leaf_name, leaf in tree.items():
-            if leaf is None:
-                continue
-            param = params[leaf_name]
-            want = derived_sharding(param.sharding, param.shape, leaf.shape)
-            got = leaf.sharding
-            if not got.is_equivalent_to(want, leaf.ndim):
-                raise AssertionError(
-                    f"{what}: state[{key!r}][{leaf_name!r}] of shape {leaf.shape} "
-                    f"is {got}, expected {want}"
-                )
+            if leaf is not None:
+                param = params[leaf_name]
+                want = derived_sharding(param.sharding, param.shape, leaf.shape)
+                yield key, leaf_name, leaf, want
+
+
+def check_state_placement(state: dict, params: dict, what: str) -> None:
+    """Every state array has the sharding derived from its parameter's."""
+    for key, leaf_name, leaf, want in wanted_state_shardings(state, params):
+        got = leaf.sharding
+        if not got.is_equivalent_to(want, leaf.ndim):
+            raise AssertionError(
+                f"{what}: state[{key!r}][{leaf_name!r}] of shape {leaf.shape} "
+                f"is {got}, expected {want}"
+            )
 
 
 def check_params_placement(new: dict, old: dict, what: str) -> None:
@@ -263,17 +269,12 @@ def check_explicit(name: str, emesh, ref, results: dict) -> None:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), p
         )
         shapes = jax.eval_shape(tx.init, abstract)
-        for key, tree in shapes.items():
-            for leaf_name, leaf in tree.items():
-                if leaf is None:
-                    continue
-                param = p[leaf_name]
-                want = derived_sharding(param.sharding, param.shape, leaf.shape)
-                if not same_spec(leaf.sharding, want, len(leaf.shape)):
-                    raise AssertionError(
-                        f"eval_shape: state[{key!r}][{leaf_name!r}] is "
-                        f"{leaf.sharding}, expected spec {want.spec}"
-                    )
+        for key, leaf_name, leaf, want in wanted_state_shardings(shapes, p):
+            if not same_spec(leaf.sharding, want, len(leaf.shape)):
+                raise AssertionError(
+                    f"eval_shape: state[{key!r}][{leaf_name!r}] is "
+                    f"{leaf.sharding}, expected spec {want.spec}"
+                )
         state = tx.init(p)
         check_state_placement(state, p, "explicit tx.init")
         step = make_step(tx)
