@@ -4,7 +4,10 @@ Functional (optax-style) transformations have lowercase names (``fo.adam``); the
 torch-style stateful optimizers have torch's class names (``fo.Adam``).
 """
 
-from . import checkpoint, interop, lr_scheduler, schedules
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import interop, lr_scheduler, schedules
 from .algorithms.adadelta import adadelta
 from .algorithms.adafactor import adafactor
 from .algorithms.adagrad import adagrad
@@ -63,6 +66,23 @@ from .schedules import (
 )
 
 __version__ = "0.1.0"
+
+# Submodules that need flax (or other heavy imports) load when first used, so that
+# ``import functorch_optim`` costs little more than jax and optax.
+_LAZY_SUBMODULES = ("checkpoint", "swa_utils")
+
+if TYPE_CHECKING:
+    from . import checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 __all__ = [
     # torch-style facade (functorch_optim.facade) and torch interop

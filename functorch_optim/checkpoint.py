@@ -38,7 +38,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import serialization
 
 __all__ = ["CheckpointError", "restore", "save"]
 
@@ -277,10 +276,14 @@ def _read_envelope(path: str) -> bytes:
 
 
 def _pack(encoded: Any) -> bytes:
+    from flax import serialization
+
     return serialization.msgpack_serialize(encoded, in_place=True)
 
 
 def _unpack(payload: bytes, path: str) -> Any:
+    from flax import serialization
+
     try:
         return serialization.msgpack_restore(payload)
     except Exception as e:  # a checksummed payload this version cannot read

@@ -14,6 +14,7 @@ unchanged by ``optax.chain``, ``flax.nnx.Optimizer`` and
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,16 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def is_concrete(x: Any) -> bool:
     """True when ``x`` has a value now (not a tracer inside jit, vmap or grad)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def is_bcoo(x: Any) -> bool:
+    """True when ``x`` is a ``jax.experimental.sparse.BCOO``.
+
+    Looks the module up instead of importing it (it pulls in scipy): a BCOO can only
+    exist once its module is loaded.
+    """
+    sparse = sys.modules.get("jax.experimental.sparse")
+    return sparse is not None and isinstance(x, sparse.BCOO)
 
 
 def scalar_dtype():

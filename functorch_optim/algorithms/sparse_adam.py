@@ -8,14 +8,17 @@ holds move the moments and the parameters.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import sparse
 
-from ..core import GradientTransformation, scalar_dtype
+from ..core import GradientTransformation, is_bcoo, scalar_dtype
 from ..functional import make_transform
 from .base import Algorithm, Options, add, mul, require
+
+if TYPE_CHECKING:
+    from jax.experimental import sparse
 
 
 def _validate(o: Options) -> None:
@@ -30,10 +33,6 @@ def _validate(o: Options) -> None:
     )
 
 
-def _is_sparse(x) -> bool:
-    return isinstance(x, sparse.BCOO)
-
-
 def check_params(groups) -> None:
     """torch's constructor check: dense, real parameters only.
 
@@ -44,7 +43,7 @@ def check_params(groups) -> None:
     sparse_at, complex_at = [], []
     for g, leaves in enumerate(groups):
         for i, leaf in enumerate(leaves):
-            if _is_sparse(leaf):
+            if is_bcoo(leaf):
                 sparse_at.append([g, i])
             if jnp.iscomplexobj(leaf):
                 complex_at.append([g, i])
@@ -93,7 +92,7 @@ def _init(param, o: Options) -> dict:
 
 
 def _step(param, grad, state, o: Options):
-    if not _is_sparse(grad):
+    if not is_bcoo(grad):
         raise RuntimeError(
             "SparseAdam does not support dense gradients, please consider Adam instead"
         )
@@ -103,6 +102,8 @@ def _step(param, grad, state, o: Options):
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     if grad.data.size == 0:  # torch skips the update of an empty gradient
         return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+    from jax.experimental import sparse  # loaded already: grad is a BCOO
 
     grad = sparse.bcoo_update_layout(grad, n_batch=0)  # torch has no batch dims
     # A gradient with no sparse dimension holds the whole parameter as one row.
@@ -194,7 +195,7 @@ def sparse_adam(
     transform = make_transform(SPARSE_ADAM, locals())
 
     def init(params):
-        check_params([jax.tree.leaves(params, is_leaf=_is_sparse)])
+        check_params([jax.tree.leaves(params, is_leaf=is_bcoo)])
         return transform.init(params)
 
     def update(grads, state, params=None, **extra_args):
@@ -202,7 +203,7 @@ def sparse_adam(
             # The dense zeros the update is measured from: a BCOO grad has the
             # parameter's shape.
             params = jax.tree.map(
-                lambda g: jnp.zeros(g.shape, g.dtype), grads, is_leaf=_is_sparse
+                lambda g: jnp.zeros(g.shape, g.dtype), grads, is_leaf=is_bcoo
             )
         return transform.update(grads, state, params, **extra_args)
 
