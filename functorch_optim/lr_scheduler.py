@@ -14,8 +14,9 @@ Values are Python floats computed with Python arithmetic, as torch computes them
 The facade passes hyperparameters to its compiled step as traced arrays, so a
 scheduler changing ``lr`` (or ``momentum`` / ``betas``) never recompiles it.
 
-The closed forms are shared with the pure schedules of
-:mod:`functorch_optim.schedules`.
+The closed forms, the cyclic and one-cycle policies and the plateau state machine are
+:mod:`functorch_optim.schedule_math`'s, shared with the pure schedules of
+:mod:`functorch_optim.schedules` and :mod:`functorch_optim.plateau`.
 
 Example:
   >>> opt = fo.SGD(params, lr=0.1, momentum=0.9)
@@ -40,8 +41,8 @@ from weakref import ref
 import jax
 import jax.numpy as jnp
 
-from . import schedules as S
-from .schedules import PY
+from . import schedule_math as sm
+from .schedule_math import PY
 
 __all__ = [
     "LambdaLR",
@@ -421,7 +422,7 @@ class StepLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.step_value(base_lr, self.last_epoch, self.step_size, self.gamma)
+            sm.step_value(base_lr, self.last_epoch, self.step_size, self.gamma)
             for base_lr in self.base_lrs
         ]
 
@@ -454,7 +455,7 @@ class MultiStepLR(LRScheduler):
     def _get_closed_form_lr(self) -> list:
         milestones = sorted(self.milestones.elements())
         return [
-            S.multi_step_value(base_lr, self.last_epoch, milestones, self.gamma, PY)
+            sm.multi_step_value(base_lr, self.last_epoch, milestones, self.gamma, PY)
             for base_lr in self.base_lrs
         ]
 
@@ -473,7 +474,7 @@ class ConstantLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        S.check_constant_factor(factor)
+        sm.check_constant_factor(factor)
         self.factor = factor
         self.total_iters = total_iters
         super().__init__(optimizer, last_epoch)
@@ -488,7 +489,7 @@ class ConstantLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.constant_value(base_lr, self.last_epoch, self.factor, self.total_iters)
+            sm.constant_value(base_lr, self.last_epoch, self.factor, self.total_iters)
             for base_lr in self.base_lrs
         ]
 
@@ -509,7 +510,7 @@ class LinearLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        S.check_linear_factors(start_factor, end_factor)
+        sm.check_linear_factors(start_factor, end_factor)
         self.start_factor = start_factor
         self.end_factor = end_factor
         self.total_iters = total_iters
@@ -532,7 +533,7 @@ class LinearLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.linear_value(
+            sm.linear_value(
                 base_lr,
                 self.last_epoch,
                 self.start_factor,
@@ -565,7 +566,7 @@ class ExponentialLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.exponential_value(base_lr, self.last_epoch, self.gamma)
+            sm.exponential_value(base_lr, self.last_epoch, self.gamma)
             for base_lr in self.base_lrs
         ]
 
@@ -628,19 +629,11 @@ class SequentialLR(_SchedulerContainer):
     def __init__(
         self, optimizer, schedulers: list, milestones: list[int], last_epoch: int = -1
     ) -> None:
-        if len(schedulers) < 1:
-            raise ValueError(
-                f"{self.__class__.__name__} expects at least one scheduler, but got "
-                "no scheduler."
-            )
+        sm.check_scheduler_count(
+            self.__class__.__name__, len(schedulers), chained=False
+        )
         _check_schedulers(self.__class__.__name__, optimizer, schedulers)
-        if len(milestones) != len(schedulers) - 1:
-            raise ValueError(
-                "Sequential Schedulers expects number of schedulers provided to be "
-                "one more than the number of milestone points, but got number of "
-                f"schedulers {len(schedulers)} and the number of milestones to be "
-                f"equal to {len(milestones)}"
-            )
+        sm.check_sequential_milestones(len(schedulers), len(milestones))
         self._schedulers = schedulers
         self._milestones = milestones
         self.last_epoch = last_epoch + 1
@@ -703,7 +696,7 @@ class PolynomialLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.polynomial_value(
+            sm.polynomial_value(
                 base_lr, self.last_epoch, self.total_iters, self.power, PY
             )
             for base_lr in self.base_lrs
@@ -735,7 +728,7 @@ class CosineAnnealingLR(LRScheduler):
             return self._current_lrs()
         if self._step_count == 1 and self.last_epoch > 0:
             return [
-                S.cosine_value(base_lr, self.eta_min, self.last_epoch, self.T_max, PY)
+                sm.cosine_value(base_lr, self.eta_min, self.last_epoch, self.T_max, PY)
                 for base_lr in self.base_lrs
             ]
         if (self.last_epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
@@ -757,7 +750,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list:
         return [
-            S.cosine_value(base_lr, self.eta_min, self.last_epoch, self.T_max, PY)
+            sm.cosine_value(base_lr, self.eta_min, self.last_epoch, self.T_max, PY)
             for base_lr in self.base_lrs
         ]
 
@@ -772,11 +765,7 @@ class ChainedScheduler(_SchedulerContainer):
     """
 
     def __init__(self, schedulers: Sequence[LRScheduler], optimizer=None) -> None:
-        if len(schedulers) < 1:
-            raise ValueError(
-                f"{self.__class__.__name__} expects at least one scheduler to be "
-                "chained, but got no scheduler."
-            )
+        sm.check_scheduler_count(self.__class__.__name__, len(schedulers), chained=True)
         optimizer = optimizer or schedulers[0].optimizer
         _check_schedulers(self.__class__.__name__, optimizer, schedulers)
         self._schedulers = schedulers
@@ -857,19 +846,27 @@ class ReduceLROnPlateau(LRScheduler):
         else:
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
         self.last_epoch = epoch
-        if self._is_better(current, self.best):
-            self.best = current
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
-        if self.in_cooldown:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0  # bad epochs in cooldown do not count
-        if self.num_bad_epochs > self.patience:
+        counted = sm.plateau_count(
+            self._counters(),
+            current,
+            self.mode,
+            self.threshold,
+            self.threshold_mode,
+            PY,
+        )
+        # torch has stored the count when reducing raises (the groups changed)
+        self._set_counters(counted)
+        counters, reduce = sm.plateau_decide(counted, self.patience, self.cooldown, PY)
+        if reduce:
             self._reduce_lr(epoch)
-            self.cooldown_counter = self.cooldown
-            self.num_bad_epochs = 0
+        self._set_counters(counters)
         self._last_lr = _param_groups_val_list(self.optimizer, "lr")
+
+    def _counters(self) -> sm.PlateauCounters:
+        return sm.PlateauCounters(self.best, self.num_bad_epochs, self.cooldown_counter)
+
+    def _set_counters(self, counters: sm.PlateauCounters) -> None:
+        self.best, self.num_bad_epochs, self.cooldown_counter = counters
 
     def _reduce_lr(self, epoch) -> None:
         if len(self.optimizer.param_groups) != len(self.min_lrs):
@@ -885,23 +882,19 @@ class ReduceLROnPlateau(LRScheduler):
                 )
             self.min_lrs = [self.default_min_lr] * len(self.optimizer.param_groups)
         for i, param_group in enumerate(self.optimizer.param_groups):
-            old_lr = float(param_group["lr"])
-            new_lr = max(old_lr * self.factor, self.min_lrs[i])
-            if old_lr - new_lr > self.eps:
+            new_lr, changes = sm.plateau_reduced(
+                float(param_group["lr"]), self.factor, self.min_lrs[i], self.eps, PY
+            )
+            if changes:
                 _update_param_group_val(param_group, "lr", new_lr)
 
     @property
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def _is_better(self, a, best) -> bool:
-        return S.plateau_is_better(
-            a, best, self.mode, self.threshold, self.threshold_mode
-        )
-
     def _init_is_better(self, mode, threshold, threshold_mode) -> None:
-        S.check_plateau_options(mode, self.factor, threshold_mode)
-        self.mode_worse = math.inf if mode == "min" else -math.inf
+        sm.check_plateau_options(mode, self.factor, threshold_mode)
+        self.mode_worse = sm.plateau_worst(mode)
         self.mode = mode
         self.threshold = threshold
         self.threshold_mode = threshold_mode
@@ -950,7 +943,7 @@ class CyclicLR(LRScheduler):
         down = float(step_size_down) if step_size_down is not None else up
         self.total_size = up + down
         self.step_ratio = up / self.total_size
-        S.check_cyclic_mode(mode, scale_fn)
+        sm.check_cyclic_mode(mode, scale_fn)
         self.mode = mode
         self.gamma = gamma
         self._scale_fn_custom = scale_fn
@@ -969,7 +962,7 @@ class CyclicLR(LRScheduler):
     def _init_scale_fn(self) -> None:
         if self._scale_fn_custom is not None:
             return
-        self._scale_fn_ref, self.scale_mode = S.cyclic_scale_fn(
+        self._scale_fn_ref, self.scale_mode = sm.cyclic_scale_fn(
             self.mode, self.gamma, None, self.scale_mode
         )
 
@@ -981,24 +974,33 @@ class CyclicLR(LRScheduler):
 
     def get_lr(self) -> list:
         _warn_get_lr_called_within_step(self)
-        cycle, scale_factor = S.cyclic_position(
+        cycle, scale_factor = sm.cyclic_position(
             self.last_epoch, self.total_size, self.step_ratio, PY
         )
-        scale = self.scale_fn(cycle if self.scale_mode == "cycle" else self.last_epoch)
+
+        def scale() -> float:
+            # Evaluated for every value it scales, as torch does: a custom policy
+            # with state of its own sees torch's calls.
+            return self.scale_fn(
+                cycle if self.scale_mode == "cycle" else self.last_epoch
+            )
+
         lrs = [
-            S.cyclic_lr_value(base_lr, max_lr, scale_factor, scale)
+            sm.cyclic_lr_value(base_lr, max_lr, scale_factor, scale())
             for base_lr, max_lr in zip(self.base_lrs, self.max_lrs, strict=True)
         ]
         if self.cycle_momentum:
-            for group, base_momentum, max_momentum in zip(
-                self.optimizer.param_groups,
-                self.base_momentums,
-                self.max_momentums,
-                strict=True,
-            ):
-                momentum = S.cyclic_momentum_value(
-                    base_momentum, max_momentum, scale_factor, scale
+            momentums = [
+                sm.cyclic_momentum_value(
+                    base_momentum, max_momentum, scale_factor, scale()
                 )
+                for base_momentum, max_momentum in zip(
+                    self.base_momentums, self.max_momentums, strict=True
+                )
+            ]
+            for group, momentum in zip(
+                self.optimizer.param_groups, momentums, strict=True
+            ):
                 _set_momentum(group, momentum, self.use_beta1)
         return lrs
 
@@ -1039,7 +1041,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         eta_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        S.check_warm_restarts(T_0, T_mult, eta_min)
+        sm.check_warm_restarts(T_0, T_mult, eta_min)
         self.T_0 = T_0
         self.T_i = T_0
         self.T_mult = T_mult
@@ -1050,7 +1052,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def get_lr(self) -> list:
         _warn_get_lr_called_within_step(self)
         return [
-            S.cosine_value(base_lr, self.eta_min, self.T_cur, self.T_i, PY)
+            sm.cosine_value(base_lr, self.eta_min, self.T_cur, self.T_i, PY)
             for base_lr in self.base_lrs
         ]
 
@@ -1122,8 +1124,10 @@ class OneCycleLR(LRScheduler):
     ) -> None:
         _check_optimizer(optimizer)
         self.optimizer = optimizer
-        self.total_steps = S.one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
-        self._schedule_phases = S.one_cycle_phases(
+        self.total_steps = sm.one_cycle_total_steps(
+            total_steps, epochs, steps_per_epoch
+        )
+        self._schedule_phases = sm.one_cycle_phases(
             self.total_steps, pct_start, three_phase, anneal_strategy
         )
         self._anneal_func_type = anneal_strategy
@@ -1157,6 +1161,6 @@ class OneCycleLR(LRScheduler):
         return lrs
 
     def _value(self, step_num, group, quantity):
-        return S.one_cycle_value(
+        return sm.one_cycle_value(
             step_num, self._schedule_phases, group, quantity, self._anneal_func_type, PY
         )

@@ -10,304 +10,52 @@ torch's scheduler has reached when that step runs.
 
     tx = fo.sgd(lr=fo.cosine_annealing_lr(0.1, T_max=100), momentum=0.9)
 
-The closed-form formulas below are also the ones the stateful schedulers of
-:mod:`functorch_optim.lr_scheduler` use for their closed forms (Python floats
-there, jnp here), so both APIs share one definition of each shape.
+The shapes are computed by :mod:`functorch_optim.schedule_math`, which the stateful
+schedulers of :mod:`functorch_optim.lr_scheduler` use too (Python floats there, jnp
+here), so both APIs share one definition of each.
 
-:func:`reduce_on_plateau` is a gradient transformation rather than a schedule,
-because its value depends on the losses seen: it reads the loss through
-``update(..., value=loss)`` and scales the updates.
+:func:`reduce_on_plateau` (defined in :mod:`functorch_optim.plateau`) is a gradient
+transformation rather than a schedule, because its value depends on the losses seen:
+it reads the loss through ``update(..., value=loss)`` and scales the updates.
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .core import GradientTransformation, scalar_dtype
+from . import schedule_math as sm
+from .core import scalar_dtype
+from .plateau import reduce_on_plateau
+
+__all__ = [
+    "lambda_lr",
+    "multiplicative_lr",
+    "step_lr",
+    "multi_step_lr",
+    "constant_lr",
+    "linear_lr",
+    "exponential_lr",
+    "polynomial_lr",
+    "cosine_annealing_lr",
+    "cosine_annealing_warm_restarts",
+    "cyclic_lr",
+    "cyclic_momentum",
+    "one_cycle_lr",
+    "one_cycle_momentum",
+    "sequential_lr",
+    "chained_lr",
+    "reduce_on_plateau",
+]
 
 Schedule = Callable[[Any], Any]
 
 
-# --- arithmetic shared by the Python (stateful) and jnp (functional) forms ----------
-
-
-class _PythonOps:
-    """Python-float arithmetic, torch's own for its schedulers."""
-
-    cos = staticmethod(math.cos)
-    floor = staticmethod(math.floor)
-    minimum = staticmethod(min)
-
-    @staticmethod
-    def power(x, p):
-        return x**p
-
-    @staticmethod
-    def count_reached(sorted_points: Sequence[int], t) -> int:
-        return bisect_right(sorted_points, t)
-
-    @staticmethod
-    def first(branches: Sequence[tuple[Any, Callable[[], Any]]]) -> Any:
-        """The value of the first branch whose condition holds (the last is taken
-        unconditionally); only that branch is computed, as torch computes it."""
-        for condition, value in branches[:-1]:
-            if condition:
-                return value()
-        return branches[-1][1]()
-
-
-class _JaxOps:
-    """The same operations on (possibly traced) JAX scalars."""
-
-    cos = staticmethod(jnp.cos)
-    floor = staticmethod(jnp.floor)
-    minimum = staticmethod(jnp.minimum)
-
-    @staticmethod
-    def power(x, p):
-        # XLA computes pow as exp(p * log(x)); integer powers as products are
-        # closer to Python's correctly rounded ones.
-        if float(p).is_integer() and abs(p) <= 64:
-            return jax.lax.integer_pow(x, int(p))
-        return jnp.where(x == 0, 0.0 if p > 0 else jnp.inf, jnp.power(x, p))
-
-    @staticmethod
-    def count_reached(sorted_points: Sequence[int], t):
-        return sum((t >= p).astype(t.dtype) for p in sorted_points) + jnp.zeros_like(t)
-
-    @staticmethod
-    def first(branches):
-        # Every branch is computed; a branch torch would not reach may divide by
-        # zero, which only yields an unused inf/nan here.
-        result = branches[-1][1]()
-        for condition, value in reversed(branches[:-1]):
-            result = jnp.where(condition, value(), result)
-        return result
-
-
-PY = _PythonOps
-JAX = _JaxOps
-
-
 def _float_count(count) -> jax.Array:
     return jnp.asarray(count).astype(scalar_dtype())
-
-
-# --- closed forms (``t`` = last_epoch) -----------------------------------------------
-
-
-def step_value(base, t, step_size, gamma):
-    return base * gamma ** (t // step_size)
-
-
-def multi_step_value(base, t, sorted_milestones, gamma, ops):
-    return base * gamma ** ops.count_reached(sorted_milestones, t)
-
-
-def constant_value(base, t, factor, total_iters):
-    return base * (factor + (t >= total_iters) * (1 - factor))
-
-
-def linear_value(base, t, start_factor, end_factor, total_iters, ops):
-    return base * (
-        start_factor
-        + (end_factor - start_factor) * ops.minimum(total_iters, t) / total_iters
-    )
-
-
-def exponential_value(base, t, gamma):
-    return base * gamma**t
-
-
-def polynomial_value(base, t, total_iters, power, ops):
-    # torch writes 1 - t / T; XLA turns the division into a product with 1 / T,
-    # leaving ~1e-17 instead of 0 at t = T. The difference of integers is exact.
-    return base * ops.power(
-        (total_iters - ops.minimum(total_iters, t)) / total_iters, power
-    )
-
-
-def cosine_value(base, eta_min, t_cur, t_max, ops):
-    return eta_min + (base - eta_min) * (1 + ops.cos(math.pi * t_cur / t_max)) / 2
-
-
-def cyclic_position(t, total_size, step_ratio, ops):
-    """``(cycle, scale_factor)`` of CyclicLR at ``t``: the 1-based cycle and the
-    fraction of the way from the low boundary to the high one."""
-    cycle = ops.floor(1 + t / total_size)
-    x = 1.0 + t / total_size - cycle
-    scale_factor = ops.first(
-        [
-            (x <= step_ratio, lambda: x / step_ratio),
-            (True, lambda: (x - 1) / (step_ratio - 1)),
-        ]
-    )
-    return cycle, scale_factor
-
-
-def cyclic_lr_value(base_lr, max_lr, scale_factor, scale):
-    return base_lr + (max_lr - base_lr) * scale_factor * scale
-
-
-def cyclic_momentum_value(base_momentum, max_momentum, scale_factor, scale):
-    return max_momentum - (max_momentum - base_momentum) * scale_factor * scale
-
-
-def cyclic_scale_fn(mode, gamma, scale_fn, scale_mode) -> tuple[Callable, str]:
-    """CyclicLR's scaling policy and the quantity it reads ('cycle' or 'iterations')."""
-    if scale_fn is not None:
-        return scale_fn, scale_mode
-    if mode == "triangular":
-        return (lambda x: 1.0), "cycle"
-    if mode == "triangular2":
-        return (lambda x: 1 / (2.0 ** (x - 1))), "cycle"
-    return (lambda x: gamma**x), "iterations"
-
-
-def check_cyclic_mode(mode, scale_fn) -> None:
-    if mode not in ["triangular", "triangular2", "exp_range"] and scale_fn is None:
-        raise ValueError("mode is invalid and scale_fn is None")
-
-
-def anneal(strategy, start, end, pct, ops):
-    """OneCycleLR's annealing from ``start`` to ``end`` as ``pct`` goes 0 -> 1."""
-    if strategy == "cos":
-        cos_out = ops.cos(math.pi * pct) + 1
-        return end + (start - end) / 2.0 * cos_out
-    return (end - start) * pct + start
-
-
-def one_cycle_total_steps(total_steps, epochs, steps_per_epoch) -> int:
-    if total_steps is not None:
-        if total_steps <= 0 or not isinstance(total_steps, int):
-            raise ValueError(
-                f"Expected positive integer total_steps, but got {total_steps}"
-            )
-        return total_steps
-    if epochs is not None and steps_per_epoch is not None:
-        if not isinstance(epochs, int) or epochs <= 0:
-            raise ValueError(f"Expected positive integer epochs, but got {epochs}")
-        if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
-            raise ValueError(
-                f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}"
-            )
-        return epochs * steps_per_epoch
-    raise ValueError(
-        "You must define either total_steps OR (epochs AND steps_per_epoch)"
-    )
-
-
-def one_cycle_phases(total_steps, pct_start, three_phase, anneal_strategy) -> list:
-    """OneCycleLR's phases, each ending at ``end_step`` and annealing between two
-    named group values; validated as torch validates them, in torch's order."""
-    if three_phase:
-        phases = [
-            {
-                "end_step": float(pct_start * total_steps) - 1,
-                "start_lr": "initial_lr",
-                "end_lr": "max_lr",
-                "start_momentum": "max_momentum",
-                "end_momentum": "base_momentum",
-            },
-            {
-                "end_step": float(2 * pct_start * total_steps) - 2,
-                "start_lr": "max_lr",
-                "end_lr": "initial_lr",
-                "start_momentum": "base_momentum",
-                "end_momentum": "max_momentum",
-            },
-            {
-                "end_step": total_steps - 1,
-                "start_lr": "initial_lr",
-                "end_lr": "min_lr",
-                "start_momentum": "max_momentum",
-                "end_momentum": "max_momentum",
-            },
-        ]
-    else:
-        phases = [
-            {
-                "end_step": float(pct_start * total_steps) - 1,
-                "start_lr": "initial_lr",
-                "end_lr": "max_lr",
-                "start_momentum": "max_momentum",
-                "end_momentum": "base_momentum",
-            },
-            {
-                "end_step": total_steps - 1,
-                "start_lr": "max_lr",
-                "end_lr": "min_lr",
-                "start_momentum": "base_momentum",
-                "end_momentum": "max_momentum",
-            },
-        ]
-    if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
-        raise ValueError(
-            f"Expected float between 0 and 1 pct_start, but got {pct_start}"
-        )
-    if anneal_strategy not in ["cos", "linear"]:
-        raise ValueError(
-            "anneal_strategy must be one of 'cos' or 'linear', instead got "
-            f"{anneal_strategy}"
-        )
-    return phases
-
-
-def one_cycle_value(t, phases, values, quantity, anneal_strategy, ops):
-    """OneCycleLR's ``quantity`` ('lr' or 'momentum') at step ``t``; ``values``
-    maps the phase names (``initial_lr``, ``max_momentum``, ...) to numbers."""
-    branches = []
-    start_step = 0.0
-    for i, phase in enumerate(phases):
-        end_step = phase["end_step"]
-
-        def value(phase=phase, start_step=start_step):
-            pct = (t - start_step) / (phase["end_step"] - start_step)
-            start = values[phase[f"start_{quantity}"]]
-            end = values[phase[f"end_{quantity}"]]
-            return anneal(anneal_strategy, start, end, pct, ops)
-
-        last = i == len(phases) - 1
-        branches.append((True if last else t <= end_step, value))
-        start_step = end_step
-    return ops.first(branches)
-
-
-def check_constant_factor(factor) -> None:
-    if factor > 1.0 or factor < 0:
-        raise ValueError(
-            "Constant multiplicative factor expected to be between 0 and 1."
-        )
-
-
-def check_linear_factors(start_factor, end_factor) -> None:
-    if start_factor > 1.0 or start_factor <= 0:
-        raise ValueError(
-            "Starting multiplicative factor expected to be greater than 0 and less "
-            "or equal to 1."
-        )
-    if end_factor > 1.0 or end_factor < 0:
-        raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
-
-
-def check_warm_restarts(T_0, T_mult, eta_min) -> None:
-    if T_0 <= 0 or not isinstance(T_0, int):
-        raise ValueError(f"Expected positive integer T_0, but got {T_0}")
-    if T_mult < 1 or not isinstance(T_mult, int):
-        raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
-    if not isinstance(eta_min, (float, int)):
-        raise ValueError(
-            f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}"
-        )
-
-
-# --- public schedules ----------------------------------------------------------
 
 
 def lambda_lr(lr, lr_lambda: Schedule) -> Schedule:
@@ -367,7 +115,7 @@ def step_lr(lr, step_size: int, gamma=0.1) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.step_lr(0.1, step_size=30))
     """
-    return lambda count: step_value(lr, _float_count(count), step_size, gamma)
+    return lambda count: sm.step_value(lr, _float_count(count), step_size, gamma)
 
 
 def multi_step_lr(lr, milestones: Sequence[int], gamma=0.1) -> Schedule:
@@ -387,7 +135,9 @@ def multi_step_lr(lr, milestones: Sequence[int], gamma=0.1) -> Schedule:
       >>> tx = fo.sgd(lr=fo.multi_step_lr(0.1, milestones=[30, 80]))
     """
     points = sorted(milestones)
-    return lambda count: multi_step_value(lr, _float_count(count), points, gamma, JAX)
+    return lambda count: sm.multi_step_value(
+        lr, _float_count(count), points, gamma, sm.JAX
+    )
 
 
 def constant_lr(lr, factor=1.0 / 3, total_iters=5) -> Schedule:
@@ -405,8 +155,8 @@ def constant_lr(lr, factor=1.0 / 3, total_iters=5) -> Schedule:
     Example:
       >>> tx = fo.adam(lr=fo.constant_lr(1e-3, factor=0.5, total_iters=100))
     """
-    check_constant_factor(factor)
-    return lambda count: constant_value(lr, _float_count(count), factor, total_iters)
+    sm.check_constant_factor(factor)
+    return lambda count: sm.constant_value(lr, _float_count(count), factor, total_iters)
 
 
 def linear_lr(lr, start_factor=1.0 / 3, end_factor=1.0, total_iters=5) -> Schedule:
@@ -424,9 +174,9 @@ def linear_lr(lr, start_factor=1.0 / 3, end_factor=1.0, total_iters=5) -> Schedu
     Example:
       >>> tx = fo.adamw(lr=fo.linear_lr(3e-4, start_factor=0.01, total_iters=1000))
     """
-    check_linear_factors(start_factor, end_factor)
-    return lambda count: linear_value(
-        lr, _float_count(count), start_factor, end_factor, total_iters, JAX
+    sm.check_linear_factors(start_factor, end_factor)
+    return lambda count: sm.linear_value(
+        lr, _float_count(count), start_factor, end_factor, total_iters, sm.JAX
     )
 
 
@@ -436,7 +186,7 @@ def exponential_lr(lr, gamma) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.exponential_lr(0.1, gamma=0.99))
     """
-    return lambda count: exponential_value(lr, _float_count(count), gamma)
+    return lambda count: sm.exponential_value(lr, _float_count(count), gamma)
 
 
 def polynomial_lr(lr, total_iters=5, power=1.0) -> Schedule:
@@ -453,8 +203,8 @@ def polynomial_lr(lr, total_iters=5, power=1.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.polynomial_lr(0.1, total_iters=1000, power=2.0))
     """
-    return lambda count: polynomial_value(
-        lr, _float_count(count), total_iters, power, JAX
+    return lambda count: sm.polynomial_value(
+        lr, _float_count(count), total_iters, power, sm.JAX
     )
 
 
@@ -471,7 +221,9 @@ def cosine_annealing_lr(lr, T_max, eta_min=0.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.cosine_annealing_lr(0.1, T_max=100))
     """
-    return lambda count: cosine_value(lr, eta_min, _float_count(count), T_max, JAX)
+    return lambda count: sm.cosine_value(
+        lr, eta_min, _float_count(count), T_max, sm.JAX
+    )
 
 
 def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
@@ -489,7 +241,7 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.cosine_annealing_warm_restarts(0.1, T_0=10, T_mult=2))
     """
-    check_warm_restarts(T_0, T_mult, eta_min)
+    sm.check_warm_restarts(T_0, T_mult, eta_min)
     # Start and length of every cycle that begins below 2**31 (the int32 counts).
     starts, lengths = [0], [T_0]
     if T_mult > 1:
@@ -504,9 +256,9 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
         if T_mult == 1:
             t_cur, t_i = t % T_0, float(T_0)
         else:
-            cycle = JAX.count_reached(starts[1:], t).astype(jnp.int32)
+            cycle = sm.JAX.count_reached(starts[1:], t).astype(jnp.int32)
             t_cur, t_i = t - starts_array[cycle], lengths_array[cycle]
-        return cosine_value(lr, eta_min, t_cur, t_i, JAX)
+        return sm.cosine_value(lr, eta_min, t_cur, t_i, sm.JAX)
 
     return schedule
 
@@ -514,18 +266,18 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
 def _cyclic(
     low, high, value_fn, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
 ) -> Schedule:
-    check_cyclic_mode(mode, scale_fn)
+    sm.check_cyclic_mode(mode, scale_fn)
     step_size_up = float(step_size_up)
     step_size_down = (
         float(step_size_down) if step_size_down is not None else step_size_up
     )
     total_size = step_size_up + step_size_down
     step_ratio = step_size_up / total_size
-    fn, scale_mode = cyclic_scale_fn(mode, gamma, scale_fn, scale_mode)
+    fn, scale_mode = sm.cyclic_scale_fn(mode, gamma, scale_fn, scale_mode)
 
     def schedule(count):
         t = _float_count(count)
-        cycle, scale_factor = cyclic_position(t, total_size, step_ratio, JAX)
+        cycle, scale_factor = sm.cyclic_position(t, total_size, step_ratio, sm.JAX)
         scale = fn(cycle if scale_mode == "cycle" else t)
         return value_fn(low, high, scale_factor, scale)
 
@@ -563,7 +315,7 @@ def cyclic_lr(
     return _cyclic(
         base_lr,
         max_lr,
-        cyclic_lr_value,
+        sm.cyclic_lr_value,
         step_size_up,
         step_size_down,
         mode,
@@ -597,7 +349,7 @@ def cyclic_momentum(
     return _cyclic(
         base_momentum,
         max_momentum,
-        cyclic_momentum_value,
+        sm.cyclic_momentum_value,
         step_size_up,
         step_size_down,
         mode,
@@ -617,13 +369,13 @@ def _one_cycle(
     anneal_strategy,
     three_phase,
 ) -> Schedule:
-    total = one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
-    phases = one_cycle_phases(total, pct_start, three_phase, anneal_strategy)
+    total = sm.one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
+    phases = sm.one_cycle_phases(total, pct_start, three_phase, anneal_strategy)
 
     def schedule(count):
         # torch raises past total_steps; a traced count cannot, so it is held there.
         t = jnp.minimum(_float_count(count), total)
-        return one_cycle_value(t, phases, values, quantity, anneal_strategy, JAX)
+        return sm.one_cycle_value(t, phases, values, quantity, anneal_strategy, sm.JAX)
 
     return schedule
 
@@ -714,17 +466,8 @@ def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> S
       ...                        fo.cosine_annealing_lr(0.1, T_max=90)],
       ...                       milestones=[10])
     """
-    if len(schedules) < 1:
-        raise ValueError(
-            "SequentialLR expects at least one scheduler, but got no scheduler."
-        )
-    if len(milestones) != len(schedules) - 1:
-        raise ValueError(
-            "Sequential Schedulers expects number of schedulers provided to be one "
-            "more than the number of milestone points, but got number of schedulers "
-            f"{len(schedules)} and the number of milestones to be equal to "
-            f"{len(milestones)}"
-        )
+    sm.check_scheduler_count("SequentialLR", len(schedules), chained=False)
+    sm.check_sequential_milestones(len(schedules), len(milestones))
     starts = [0, *milestones]
 
     def schedule(count):
@@ -734,7 +477,7 @@ def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> S
             for s, start, end in zip(schedules, starts, milestones)
         ]
         branches.append((True, lambda: schedules[-1](t - starts[-1])))
-        return JAX.first(branches)
+        return sm.JAX.first(branches)
 
     return schedule
 
@@ -751,11 +494,7 @@ def chained_lr(lr, factors: Sequence[Schedule]) -> Schedule:
       >>> lr = fo.chained_lr(0.1, [fo.constant_lr(1.0, 0.1, total_iters=20),
       ...                          fo.exponential_lr(1.0, gamma=0.9)])
     """
-    if len(factors) < 1:
-        raise ValueError(
-            "ChainedScheduler expects at least one scheduler to be chained, but got "
-            "no scheduler."
-        )
+    sm.check_scheduler_count("ChainedScheduler", len(factors), chained=True)
 
     def schedule(count):
         value = lr
@@ -764,131 +503,3 @@ def chained_lr(lr, factors: Sequence[Schedule]) -> Schedule:
         return value
 
     return schedule
-
-
-# --- reduce on plateau ---------------------------------------------------------------
-
-
-class ReduceLROnPlateauState(NamedTuple):
-    """The state of :func:`reduce_on_plateau`, with torch's attribute names."""
-
-    scale: jax.Array
-    best: jax.Array
-    num_bad_epochs: jax.Array
-    cooldown_counter: jax.Array
-    last_epoch: jax.Array
-
-
-def check_plateau_options(mode, factor, threshold_mode) -> None:
-    """ReduceLROnPlateau's checks, in torch's order."""
-    if factor >= 1.0:
-        raise ValueError("Factor should be < 1.0.")
-    if mode not in {"min", "max"}:
-        raise ValueError("mode " + mode + " is unknown!")
-    if threshold_mode not in {"rel", "abs"}:
-        raise ValueError("threshold mode " + threshold_mode + " is unknown!")
-
-
-def plateau_is_better(a, best, mode, threshold, threshold_mode):
-    """Whether metric ``a`` improves on ``best`` (ReduceLROnPlateau._is_better)."""
-    if mode == "min" and threshold_mode == "rel":
-        return a < best * (1.0 - threshold)
-    if mode == "min":
-        return a < best - threshold
-    if threshold_mode == "rel":
-        return a > best * (threshold + 1.0)
-    return a > best + threshold
-
-
-def reduce_on_plateau(
-    mode="min",
-    factor=0.1,
-    patience=10,
-    threshold=1e-4,
-    threshold_mode="rel",
-    cooldown=0,
-    min_scale=0.0,
-    eps=1e-8,
-) -> GradientTransformation:
-    r"""``ReduceLROnPlateau`` as a transformation that scales the updates.
-
-    Each ``update(updates, state, params, value=loss)`` is one
-    ``scheduler.step(loss)`` of torch's scheduler on an lr of 1.0 followed by the
-    optimizer step: the loss is compared with the best seen (``threshold`` relative
-    or absolute, per ``threshold_mode``); after more than ``patience`` calls
-    without improvement the scale becomes :math:`\max(s \cdot f, s_{min})` (unless
-    that changes it by less than ``eps``) and ``cooldown`` calls are ignored. The
-    updates are multiplied by the scale. For an optimizer whose update is linear
-    in lr (SGD, Adam, AdamW, ...) this equals torch's loop of
-    ``scheduler.step(loss); optimizer.step()`` with ``min_lr = min_scale * lr``.
-
-    Chain it after the optimizer: ``fo.chain(fo.adam(1e-3), fo.reduce_on_plateau())``.
-
-    Args:
-      mode: 'min' (the loss should decrease) or 'max'.
-      factor: the factor :math:`f < 1` of a reduction.
-      patience: the number of calls without improvement tolerated.
-      threshold: the improvement that counts as one.
-      threshold_mode: 'rel' (``best * (1 -/+ threshold)``) or 'abs'
-        (``best -/+ threshold``).
-      cooldown: calls to wait after a reduction before counting bad ones again.
-      min_scale: the lower bound of the scale (torch's ``min_lr`` over the lr).
-      eps: reductions smaller than this are skipped.
-
-    Returns:
-      A :class:`~functorch_optim.GradientTransformation` whose ``update`` needs
-      the keyword ``value``; its state is a :class:`ReduceLROnPlateauState`.
-
-    Example:
-      >>> tx = fo.chain(fo.sgd(lr=0.1), fo.reduce_on_plateau(patience=5))
-      >>> updates, state = tx.update(grads, state, params, value=loss)
-    """
-    check_plateau_options(mode, factor, threshold_mode)
-    worst = math.inf if mode == "min" else -math.inf
-
-    def init(params):
-        del params
-        dtype = scalar_dtype()
-        return ReduceLROnPlateauState(
-            scale=jnp.ones((), dtype),
-            best=jnp.asarray(worst, dtype),
-            num_bad_epochs=jnp.zeros((), jnp.int32),
-            cooldown_counter=jnp.zeros((), jnp.int32),
-            last_epoch=jnp.zeros((), jnp.int32),
-        )
-
-    def update(updates, state, params=None, *, value=None, **extra_args):
-        del params, extra_args
-        if value is None:
-            raise ValueError(
-                "reduce_on_plateau's update needs the loss: update(..., value=loss)"
-            )
-        current = jnp.asarray(value).astype(state.best.dtype)
-        better = plateau_is_better(current, state.best, mode, threshold, threshold_mode)
-        best = jnp.where(better, current, state.best)
-        bad = jnp.where(better, 0, state.num_bad_epochs + 1)
-        in_cooldown = state.cooldown_counter > 0
-        cooldown_counter = jnp.where(
-            in_cooldown, state.cooldown_counter - 1, state.cooldown_counter
-        )
-        bad = jnp.where(in_cooldown, 0, bad)
-        reduce = bad > patience
-        reduced = jnp.maximum(state.scale * factor, min_scale)
-        scale = jnp.where(reduce & (state.scale - reduced > eps), reduced, state.scale)
-        new_state = ReduceLROnPlateauState(
-            scale=scale,
-            best=best,
-            num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
-            cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(
-                jnp.int32
-            ),
-            last_epoch=state.last_epoch + 1,
-        )
-        scaled = jax.tree.map(
-            lambda u: None if u is None else (u * scale).astype(u.dtype),
-            updates,
-            is_leaf=lambda x: x is None,
-        )
-        return scaled, new_state
-
-    return GradientTransformation(init, update)

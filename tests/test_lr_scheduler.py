@@ -506,6 +506,70 @@ def test_reduce_on_plateau_state_dict_round_trip():
         assert group_values(opt2) == group_values(opt)
 
 
+# Metrics torch's comparisons treat specially: a nan never improves, an inf or -inf
+# becomes the best only where it compares as better.
+NONFINITE_METRICS = [0.5, math.nan, 0.4, 0.4, math.inf, 0.3, -math.inf, 0.2]
+NONFINITE_METRICS += [math.nan, math.inf, 0.1, -math.inf, math.nan, 0.0]
+NONFINITE_PLATEAU = {
+    "min_rel": {},
+    "max_rel": {"mode": "max"},
+    "max_abs": {"mode": "max", "threshold_mode": "abs", "threshold": 0.05},
+    # the first best is inf * (1 - 1) = nan: nothing ever improves on it
+    "min_rel_threshold_1": {"threshold": 1.0},
+}
+
+
+@pytest.mark.parametrize(
+    "options", NONFINITE_PLATEAU.values(), ids=NONFINITE_PLATEAU.keys()
+)
+def test_reduce_on_plateau_nonfinite_metrics_as_torch(options):
+    """The class and the transform (jitted) keep torch's state for every metric."""
+    options = {"patience": 1, "cooldown": 1, "factor": 0.5, **options}
+    topt, oopt = torch_opt(), fo_opt()
+    tsched = T.ReduceLROnPlateau(topt, **options)
+    osched = L.ReduceLROnPlateau(oopt, **options)
+    tx = S.reduce_on_plateau(**options)
+    update = jax.jit(lambda state, loss: tx.update(jnp.ones(()), state, value=loss))
+    state = tx.init(jnp.zeros(()))
+    for k, metric in enumerate(NONFINITE_METRICS):
+        tsched.step(metric)
+        osched.step(metric)
+        _, state = update(state, metric)
+        expected = (tsched.best, tsched.num_bad_epochs, tsched.cooldown_counter)
+        assert (osched.best, osched.num_bad_epochs, osched.cooldown_counter) == (
+            expected
+        ), f"step {k}"
+        assert (
+            float(state.best),
+            int(state.num_bad_epochs),
+            int(state.cooldown_counter),
+        ) == expected, f"step {k}"
+        assert group_values(oopt) == group_values(topt), f"step {k}"
+        np.testing.assert_allclose(
+            float(state.scale) * GROUP_LRS[0], topt.param_groups[0]["lr"], rtol=1e-15
+        )
+
+
+def test_reduce_on_plateau_failed_reduction_keeps_torchs_state():
+    """A reduction that raises (a group added, min_lr a list) has counted the
+    epoch, as torch's has."""
+    outcomes = []
+    for m, make, param in (
+        (T, torch_opt, torch.zeros(1, requires_grad=True)),
+        (L, fo_opt, jnp.zeros(1)),
+    ):
+        opt = make()
+        sched = m.ReduceLROnPlateau(opt, patience=0, cooldown=2, min_lr=[0.0, 0.0])
+        sched.step(1.0)
+        opt.add_param_group({"params": [param]})
+        with pytest.raises(RuntimeError) as info:
+            sched.step(2.0)
+        state = (sched.best, sched.num_bad_epochs, sched.cooldown_counter)
+        outcomes.append((str(info.value), state, sched.last_epoch))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == (1.0, 1, 0)
+
+
 # --- the pure schedules --------------------------------------------------------------
 
 # (scheduler case, the same shape as a schedule of the initial value, momentum)
@@ -689,6 +753,18 @@ def test_schedule_under_x32_keeps_float32():
         assert value.dtype == jnp.float32
         expected = 0.5 * 0.1 * (1 + math.cos(math.pi * 3 / 10))
         np.testing.assert_allclose(float(value), expected, rtol=1e-6)
+
+
+def test_schedules_module_exports_the_schedules_only():
+    defined = {
+        name
+        for name, value in vars(S).items()
+        if getattr(value, "__module__", None) == S.__name__ and not name.startswith("_")
+    }
+    assert set(S.__all__) == defined | {"reduce_on_plateau"}
+    for name in S.__all__:
+        assert getattr(fo, name) is getattr(S, name)
+        assert "Example:" in getattr(S, name).__doc__, name
 
 
 # --- reduce_on_plateau transform ------------------------------------------------
