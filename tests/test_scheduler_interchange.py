@@ -62,7 +62,7 @@ class CalledDecay:
         return self.rate**self.calls
 
 
-def _half_per_epoch(epoch):
+def _inverse_time(epoch):
     return 1.0 / (1 + 0.5 * epoch)
 
 
@@ -70,7 +70,7 @@ def _half_per_epoch(epoch):
 CASES = {
     "LambdaLR": (
         "sgd",
-        lambda m, o: m.LambdaLR(o, [CalledDecay(0.95), _half_per_epoch]),
+        lambda m, o: m.LambdaLR(o, [CalledDecay(0.95), _inverse_time]),
     ),
     "MultiplicativeLR": (
         "sgd",
