@@ -806,8 +806,7 @@ class ReduceLROnPlateau(LRScheduler):
         min_lr: list[float] | float = 0,
         eps: float = 1e-8,
     ) -> None:
-        if factor >= 1.0:
-            raise ValueError("Factor should be < 1.0.")
+        sm.check_plateau_factor(factor)
         self.factor = factor
         _check_optimizer(optimizer)
         self.optimizer = optimizer
@@ -893,7 +892,7 @@ class ReduceLROnPlateau(LRScheduler):
         return self.cooldown_counter > 0
 
     def _init_is_better(self, mode, threshold, threshold_mode) -> None:
-        sm.check_plateau_options(mode, self.factor, threshold_mode)
+        sm.check_plateau_modes(mode, threshold_mode)
         self.mode_worse = sm.plateau_worst(mode)
         self.mode = mode
         self.threshold = threshold

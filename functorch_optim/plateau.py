@@ -70,7 +70,8 @@ def reduce_on_plateau(
       >>> tx = fo.chain(fo.sgd(lr=0.1), fo.reduce_on_plateau(patience=5))
       >>> updates, state = tx.update(grads, state, params, value=loss)
     """
-    sm.check_plateau_options(mode, factor, threshold_mode)
+    sm.check_plateau_factor(factor)
+    sm.check_plateau_modes(mode, threshold_mode)
 
     def init(params):
         del params

@@ -331,10 +331,14 @@ class PlateauCounters(NamedTuple):
     cooldown_counter: Any
 
 
-def check_plateau_options(mode, factor, threshold_mode) -> None:
-    """ReduceLROnPlateau's checks, in torch's order."""
+def check_plateau_factor(factor) -> None:
+    """ReduceLROnPlateau's first check."""
     if factor >= 1.0:
         raise ValueError("Factor should be < 1.0.")
+
+
+def check_plateau_modes(mode, threshold_mode) -> None:
+    """ReduceLROnPlateau's checks of its modes, also made on loading a state."""
     if mode not in {"min", "max"}:
         raise ValueError("mode " + mode + " is unknown!")
     if threshold_mode not in {"rel", "abs"}:
