@@ -72,7 +72,7 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = ("checkpoint", "swa_utils")
 
 if TYPE_CHECKING:
-    from . import checkpoint
+    from . import checkpoint, swa_utils
 
 
 def __getattr__(name: str) -> Any:
@@ -136,6 +136,7 @@ __all__ = [
     # learning-rate schedulers (torch-style) and schedules (functional)
     "lr_scheduler",
     "schedules",
+    "swa_utils",
     "chained_lr",
     "constant_lr",
     "cosine_annealing_lr",
