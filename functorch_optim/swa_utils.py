@@ -50,10 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.tree_util import keystr
 
 from . import interop
 from .algorithms.base import lerp_kernel, mul
+from .checks import leaf_names
 from .core import scalar_dtype
 from .lr_scheduler import (
     LRScheduler,
@@ -324,8 +324,8 @@ def _cast_like(results: Sequence[Any], leaves: Sequence[Array], names: list) -> 
         result = jnp.asarray(result)
         if result.shape != leaf.shape:
             raise ValueError(
-                f"the average of {name} has shape {result.shape}, but the leaf has "
-                f"shape {leaf.shape}"
+                f"the average of {name} has shape {result.shape}, but the leaf "
+                f"has shape {leaf.shape}"
             )
         out.append(result.astype(leaf.dtype))
     return out
@@ -381,15 +381,12 @@ def averaged(
                 f"averaged params have {treedef}"
             )
         current = treedef.flatten_up_to(params)
-        names = [
-            keystr(path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]
-        ]
+        names = leaf_names(state.params, "params")
         for name, leaf, new in zip(names, leaves, current):
             if jnp.shape(new) != leaf.shape:
                 raise ValueError(
-                    f"params{name} has shape {jnp.shape(new)}, but the averaged "
-                    f"leaf has shape {leaf.shape}"
+                    f"{name} has shape {jnp.shape(new)}, but the averaged leaf has "
+                    f"shape {leaf.shape}"
                 )
         n = state.n_averaged
 
