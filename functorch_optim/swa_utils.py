@@ -809,9 +809,10 @@ def swalr(
       ValueError: torch's errors for the strategy and ``anneal_epochs``.
 
     Example:
-      >>> lr = fo.sequential_lr([fo.cosine_annealing_lr(0.1, T_max=75),
-      ...                        fo.swa_utils.swalr(0.1, swa_lr=0.05, anneal_epochs=5)],
-      ...                       milestones=[75])
+      >>> lr = fo.sequential_lr(
+      ...     [fo.cosine_annealing_lr(0.1, T_max=150),  # 0.05 at count 75
+      ...      fo.swa_utils.swalr(0.05, swa_lr=0.01, anneal_epochs=5)],
+      ...     milestones=[75])
       >>> tx = fo.sgd(lr=lr, momentum=0.9)
     """
     _check_swalr(anneal_epochs, anneal_strategy)
