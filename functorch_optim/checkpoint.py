@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "restore", "save"]
+__all__ = ["CheckpointError", "restore", "save", "save_torch"]
 
 _MAGIC = b"FUNCTORCH_OPTIM\x00"
 _VERSION = 1
@@ -390,3 +390,43 @@ def restore(path: str | os.PathLike, like: Any = None) -> Any:
     except (CheckpointError, KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} could not be decoded: {e}") from e
     return _no_nodes(tree, "") if like is None else _fit(tree, like, "")
+
+
+def save_torch(path: str | os.PathLike, optimizer: Any, scheduler: Any = None) -> None:
+    """Write a facade run as a file ``torch.load`` reads (``weights_only``), for
+    torch's model, optimizer and scheduler to load and continue.
+
+    The file holds ``{"model": {name: tensor}, "optimizer": <torch's
+    Optimizer.state_dict() format>, "scheduler": <its state_dict()>}`` (no
+    ``"scheduler"`` without one): the params under their ``param_names`` (a
+    facade built from a dict or ``(name, array)`` pairs has them, such as the
+    names of ``model.named_parameters()``), every array as a tensor.
+
+    Example::
+
+        >>> fo.checkpoint.save_torch("run.pt", opt, sched)
+        >>> saved = torch.load("run.pt")
+        >>> model.load_state_dict(saved["model"])  # strict=False to keep buffers
+        >>> torch_opt.load_state_dict(saved["optimizer"])
+        >>> torch_sched.load_state_dict(saved["scheduler"])
+
+    Raises:
+      ValueError: a param group has no ``param_names`` (params given as a list).
+    """
+    import torch
+
+    from . import interop
+
+    model: dict[str, Any] = {}
+    for g, group in enumerate(optimizer.param_groups):
+        names = group.get("param_names")
+        if names is None:
+            raise ValueError(
+                f"param group {g} has no param_names: build the optimizer from a "
+                "dict or (name, array) pairs to name the params in torch's file"
+            )
+        model.update(zip(names, group["params"], strict=True))
+    tree = {"model": model, "optimizer": optimizer.state_dict()}
+    if scheduler is not None:
+        tree["scheduler"] = scheduler.state_dict()
+    torch.save(interop.to_torch(tree), os.fspath(path))

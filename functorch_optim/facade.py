@@ -4,8 +4,8 @@
 ``torch.optim.Optimizer`` does (``param_groups``, ``state``, ``state_dict``, hooks,
 ``zero_grad``) and holds no math: every ``step`` runs the algorithms' per-leaf rules
 (:mod:`functorch_optim.algorithms`) through :func:`functorch_optim.fused.step_leaves`
-in ONE jitted XLA computation for all groups, with the parameters and the state
-donated so XLA updates them in place. For elementwise algorithms the state of small
+in ONE jitted XLA computation for all groups, with the state donated so XLA
+updates it in place. For elementwise algorithms the state of small
 leaves is kept packed in flat buffers between steps (:mod:`functorch_optim.packing`),
 with a flat copy of their params, so thousands of leaves cost a few kernels and one
 slice each; ``state``, ``state_dict`` and ``load_state_dict`` see it per leaf, as
@@ -22,16 +22,29 @@ shows it.
 
 Differences from torch that JAX imposes:
   * arrays are immutable, so the updated parameters are read from ``opt.params`` (or
-    ``opt.param_groups[i]['params']``). The arrays the optimizer held before a step
-    are donated to it and deleted, as torch overwrites its tensors in place: an old
-    reference fails loudly instead of silently holding stale values.
+    ``opt.param_groups[i]['params']``) after a step. Every array a user can hold
+    stays valid after later steps: the arrays given to the constructor, read from
+    ``opt.params``, ``opt.grads``, ``opt.state`` or ``state_dict()`` (``opt.state``
+    and ``state_dict()`` are copies). A step donates only what no user can reach:
+    the per-leaf state and the packs' flat buffers. So a step's peak memory holds
+    the old and the new params (and the grads) next to the state, where torch's
+    in-place update holds one copy of the params.
   * ``opt.state`` is keyed by the parameter's index (as in ``state_dict``); indexing
     it with one of the current parameter arrays works too.
   * gradients are passed in (``step(grads)``), or computed from ``step(closure)``.
+  * params given as a dict are numbered in the dict's insertion order (torch's
+    ``model.parameters()`` order), not JAX's sorted-key flattening order, and are
+    named by their key paths (``{"fc": {"weight": w}}`` -> ``fc.weight``, a list
+    index -> ``0``), which ``state_dict()`` carries as torch's ``param_names``.
+  * the facade keeps its state in Python, so it cannot run inside ``jax.jit``,
+    ``jax.vmap`` or ``jax.grad``; a traced value reaching it is an error before
+    anything changes (the functional transforms are the form for those).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
 import sys
@@ -63,6 +76,7 @@ from .algorithms import (
 )
 from .algorithms.base import Algorithm, Options, check_scalar_lr
 from .checks import check_param_dtypes, is_optimizable
+from .core import is_bcoo
 from .fused import STEP, init_leaf, step_leaf, step_leaves
 from .nonfinite import all_finite
 from .sharding import constrain, place_like, static_sharding
@@ -223,9 +237,8 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
 
     ``spec`` = ((algorithm, static options, the shardings of the leaves stepped
     alone, the shapes of each pack's leaves),): every result stays on its
-    parameter's shards. Per group, ``packs`` holds the (flat params, leaf params,
-    state) of each :class:`~functorch_optim.packing.Pack` (donated: the leaf
-    params' buffers take the new ones), ``pack_inputs`` its (grads, offsets).
+    parameter's shards. Per group, ``packs`` holds the (flat params, state) of each
+    :class:`~functorch_optim.packing.Pack`, ``pack_inputs`` its (grads, offsets).
     """
     global _compiles
     _compiles += 1
@@ -237,7 +250,7 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
         values = iter(t)
         options = Options({k: _join_option(v, values) for k, v in static})
         group_new_packs = []
-        for shapes, (flat_params, _, pack_state), (pack_grads, offsets) in zip(
+        for shapes, (flat_params, pack_state), (pack_grads, offsets) in zip(
             pack_shapes, group_packs, inputs, strict=True
         ):
             flat_params, pack_state = packing.step_pack(
@@ -265,21 +278,159 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
 
 
 def _pack_operands(pack: packing.Pack, leaves: list) -> tuple:
-    """A pack's (flat params, leaf params, state) for :func:`_step_groups`."""
-    pack_leaves = [leaves[i] for i in pack.indices]
-    return pack.flat_params(pack_leaves), pack_leaves, pack.state
+    """A pack's (flat params, state) for :func:`_step_groups`."""
+    return pack.flat_params([leaves[i] for i in pack.indices]), pack.state
 
 
-# keep_unused: a pack's leaf params are read from its flat buffer, not from the
-# leaves, and jit would prune them; kept, they are donated, so the new leaves take
-# their buffers and the old arrays are deleted, as for every other param.
-_fused_step = jax.jit(
-    _step_groups, static_argnums=0, donate_argnums=(1, 3, 4), keep_unused=True
-)
+# Donated: the per-leaf states (3) and the packs' flat params and states (4), which
+# only the optimizer holds (``state`` and ``state_dict`` hand out copies). Never the
+# params (1) or the grads (2): a user may hold them (``opt.params``, ``opt.grads``,
+# the constructor's arrays), and they must stay valid.
+_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(3, 4))
 _all_finite = jax.jit(all_finite)
 
 
 # --- params as given --------------------------------------------------------------
+
+
+def _children(node: Any) -> list:
+    """One level of a pytree: ``[((key entry,), child), ...]`` in JAX's order;
+    ``[((), node)]`` for a leaf, ``[]`` for ``None`` or an empty container."""
+    return jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[
+        0
+    ]
+
+
+def _walk(node: Any, path: tuple, paths: list) -> Any:
+    """Append each leaf's key path to ``paths``, dicts in insertion order (torch's
+    ``model.parameters()`` order), other nodes in JAX's order. Returns how to put
+    the dicts of a JAX-unflattened copy back in insertion order (see
+    :func:`_rebuilt`): None where JAX's order is already theirs."""
+    items = _children(node)
+    if is_bcoo(node) or (len(items) == 1 and items[0][0] == ()):
+        paths.append(path)
+        return None
+    is_dict = isinstance(node, dict)
+    if is_dict:
+        position = {key: i for i, key in enumerate(node)}
+        ordered = sorted(items, key=lambda item: position[item[0][0].key])
+    else:
+        ordered = items
+    subs = {}
+    for i, ((key,), child) in enumerate(ordered):
+        sub = _walk(child, (*path, key), paths)
+        if sub is not None:
+            subs[key.key if is_dict else i] = sub
+    reordered = is_dict and ordered != items
+    if not subs and not reordered:
+        return None
+    return is_dict, [key.key for (key,), _ in ordered] if is_dict else None, subs
+
+
+def _rebuilt(node: Any, spec: Any) -> Any:
+    """``node`` (unflattened by JAX: every dict in sorted key order) with its dicts
+    in the insertion order ``spec`` (from :func:`_walk`) records."""
+    if spec is None:
+        return node
+    is_dict, keys, subs = spec
+    if is_dict:
+        out = copy.copy(node)  # keeps a defaultdict's factory
+        out.clear()
+        out.update((key, _rebuilt(node[key], subs.get(key))) for key in keys)
+        return out
+    children, treedef = jax.tree.flatten(node, is_leaf=lambda x: x is not node)
+    return jax.tree.unflatten(
+        treedef, [_rebuilt(child, subs.get(i)) for i, child in enumerate(children)]
+    )
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Structure:
+    """How one group's params were given: their tree, order and names.
+
+    The optimizer's order of the params (their ids in ``state_dict``) is torch's
+    ``model.parameters()`` order: dicts in insertion order, other nodes in JAX's.
+    JAX flattens dicts in sorted key order, so ``order`` maps between the two.
+
+    Attributes:
+      treedef: JAX's treedef of the params.
+      order: each param's position in JAX's leaf order, in the optimizer's order;
+        None when the two agree.
+      paths: each param's key path, in the optimizer's order (for messages).
+      names: torch's ``param_names``: the names of ``(name, array)`` pairs, or the
+        key paths joined by ``.`` (``fc.weight``, a list index ``0``) when the tree
+        has dict keys or attributes; None for a list or a single array, as torch
+        has no names for ``model.parameters()``.
+      pairs: given as ``(name, array)`` pairs (``params`` returns pairs).
+      dicts: how to put unflattened dicts back in insertion order (:func:`_walk`).
+    """
+
+    treedef: Any
+    order: tuple[int, ...] | None
+    paths: tuple[tuple, ...]
+    names: list[str] | None
+    pairs: bool
+    dicts: Any
+
+    @classmethod
+    def of(cls, tree: Any, pair_names: list[str] | None) -> tuple[_Structure, list]:
+        """The structure of ``tree`` and its leaves in the optimizer's order."""
+        flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_bcoo)
+        paths: list[tuple] = []
+        dicts = _walk(tree, (), paths)
+        position = {path: i for i, (path, _) in enumerate(flat)}
+        order = tuple(position[path] for path in paths)
+        leaves = [flat[i][1] for i in order]
+        names = pair_names
+        if names is None and any(
+            isinstance(key, (jax.tree_util.DictKey, jax.tree_util.GetAttrKey))
+            for path in paths
+            for key in path
+        ):
+            names = [".".join(map(_key_name, path)) for path in paths]
+        identity = order == tuple(range(len(order)))
+        structure = cls(
+            treedef,
+            None if identity else order,
+            tuple(paths),
+            names,
+            pair_names is not None,
+            dicts,
+        )
+        return structure, leaves
+
+    def flatten(self, tree: Any) -> list:
+        """The leaves of ``tree`` (the params' structure, down to the params'
+        leaves) in the optimizer's order; ValueError if the structure differs."""
+        leaves = self.treedef.flatten_up_to(tree)
+        return leaves if self.order is None else [leaves[i] for i in self.order]
+
+    def unflatten(self, leaves: list) -> Any:
+        """The params' tree (or pairs) holding ``leaves`` (in the optimizer's order),
+        its dicts in the order they were given."""
+        if self.order is not None:
+            by_position = [None] * len(leaves)
+            for leaf, i in zip(leaves, self.order, strict=True):
+                by_position[i] = leaf
+            leaves = by_position
+        tree = _rebuilt(jax.tree.unflatten(self.treedef, leaves), self.dicts)
+        if self.pairs and self.names is not None:
+            return list(zip(self.names, tree, strict=True))
+        return tree
+
+    def describe(self, i: int) -> str:
+        """Param ``i``'s place, as indexing reads it (``['fc']['w']``; a pair's
+        ``['name']``)."""
+        if self.pairs and self.names is not None:
+            return f"[{self.names[i]!r}]"
+        return jax.tree_util.keystr(self.paths[i])
 
 
 def _matches(grad: Any, param: jax.Array) -> bool:
@@ -305,6 +456,37 @@ def _is_array(x: Any) -> bool:
 def _is_torch_tensor(x: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _check_not_traced(x: Any, where: str) -> None:
+    """A traced value means the facade runs inside ``jax.jit``, ``vmap`` or
+    ``grad``: its Python-held state would keep the tracers and be lost."""
+    if isinstance(x, jax.core.Tracer):
+        raise RuntimeError(
+            f"{where} is a traced value: the torch-style optimizer was called inside "
+            "jax.jit, jax.vmap or jax.grad. It keeps its params and state in Python "
+            "and steps outside JAX's transformations (nothing was changed); inside "
+            "them use the functional form (fo.adam, ...), whose state is a value."
+        )
+
+
+def _check_param(p: Any, where: str) -> None:
+    """A parameter must be a JAX (or NumPy) array; a torch tensor would be copied,
+    and training the copy would leave the torch model unchanged."""
+    _check_not_traced(p, where)
+    if _is_torch_tensor(p):
+        raise TypeError(
+            f"{where} is a torch tensor ({_typename(p)}): the optimizer steps JAX "
+            "arrays, and would train copies while the torch model stays unchanged. "
+            "Convert the params once with fo.interop.to_jax (e.g. params = "
+            "fo.interop.to_jax(dict(model.named_parameters()))), train those, and "
+            "read the results from opt.params (fo.interop.to_torch converts back)."
+        )
+    if not (isinstance(p, (jax.Array, np.ndarray)) or is_bcoo(p)):
+        raise TypeError(
+            "optimizer can only optimize Tensors, but one of the params is "
+            + _typename(p)
+        )
 
 
 def _is_named(item: Any) -> bool:
@@ -345,6 +527,12 @@ class _StateView(dict):
 
 def _copy(x: Any) -> Any:
     return jnp.array(x, copy=True) if isinstance(x, jax.Array) else x
+
+
+def _copied(view: dict) -> dict:
+    """A leaf's torch-format state with its arrays copied (later steps donate the
+    optimizer's own buffers), per entry so torch's key order is kept."""
+    return {k: jax.tree.map(_copy, v) for k, v in view.items()}
 
 
 class Optimizer:
@@ -401,17 +589,19 @@ class Optimizer:
         self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
         self._in_step = False
+        if _is_torch_tensor(params):
+            _check_param(params, "params")
         if _is_array(params):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of "
                 "Tensors or dicts, but got " + _typename(params)
             )
         self.param_groups: list[dict[str, Any]] = []
-        # Per group, parallel to param_groups: how its params were given (treedef),
+        # Per group, parallel to param_groups: how its params were given,
         # each leaf's state (None until torch would create it; a Pack while packed,
         # see `_states`), stored grads, and the static options its states were last
         # completed for.
-        self._treedefs: list[Any] = []
+        self._structures: list[_Structure] = []
         self._leaf_states: list[list[Any]] = []
         self._packs: list[list[packing.Pack]] = []
         # leaves looked at for packing and left alone, until the packs change
@@ -454,41 +644,51 @@ class Optimizer:
             )
         if isinstance(given, Iterator):
             given = list(given)
-        names = None
+        pair_names = None
         if isinstance(given, (list, tuple)) and any(_is_named(p) for p in given):
             if not all(_is_named(p) for p in given):
                 raise ValueError(
                     "all optimizer params should be with/without names. Some param "
                     "names are missing"
                 )
-            names = [name for name, _ in given]
+            pair_names = [name for name, _ in given]
             given = [p for _, p in given]
-        originals, treedef = jax.tree.flatten(given)
-        for p in originals:
-            if not _is_array(p):
-                raise TypeError(
-                    "optimizer can only optimize Tensors, but one of the params is "
-                    + _typename(p)
-                )
-        group = dict(param_group)
-        group["params"] = self._own_leaves(originals)
-        check_param_dtypes(
-            jax.tree.unflatten(treedef, group["params"])
-            if names is None
-            else dict(zip(names, group["params"], strict=True)),
+            for name, p in zip(pair_names, given):
+                _check_param(p, f"the param {name!r}")
+        structure, originals = _Structure.of(given, pair_names)
+        what = (
             f"param_groups[{len(self.param_groups)}]['params']"
             if self._given_as_groups or self.param_groups
-            else "params",
+            else "params"
         )
-        if names is not None:
-            group["param_names"] = names
+        for i, p in enumerate(originals):
+            _check_param(p, what + structure.describe(i))
+        sparse_at = [i for i, p in enumerate(originals) if is_bcoo(p)]
+        if sparse_at:
+            check_params = type(self).check_params
+            if check_params is not None:  # torch's constructor message (SparseAdam)
+                check_params([[] for _ in self.param_groups] + [originals])
+            raise TypeError(
+                "optimizer can only optimize dense arrays, but one of the params is "
+                + _typename(originals[sparse_at[0]])
+            )
+        for i, p in enumerate(originals):
+            check_param_dtypes(p, what + structure.describe(i))
+        group = dict(param_group)
+        group["params"] = self._own_leaves(originals)
+        if structure.names is not None:
+            group["param_names"] = structure.names
         for name, default in self.defaults.items():
             group.setdefault(name, default)
         self._validate_options(group)
         self._check_initializable(group)
 
-        for other in self.param_groups:
-            if ("param_names" in group) != ("param_names" in other):
+        # torch's rule for names given as (name, array) pairs; a dict's key paths
+        # name its params without constraining how other groups are given.
+        for other, other_structure in zip(self.param_groups, self._structures):
+            if ("param_names" in group) != ("param_names" in other) and (
+                structure.pairs or other_structure.pairs
+            ):
                 current = "with names" if "param_names" in group else "without names"
                 raise ValueError(
                     "all optimizer param groups should be with/without names. "
@@ -499,7 +699,7 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group")
 
         self.param_groups.append(group)
-        self._treedefs.append(treedef)
+        self._structures.append(structure)
         self._leaf_states.append([None] * len(originals))
         self._packs.append([])
         self._unpackable.append(set())
@@ -630,8 +830,9 @@ class Optimizer:
 
     @staticmethod
     def _own_leaves(originals: list) -> list:
-        """JAX arrays for the given leaves; a repeated array is copied, since a step
-        donates every leaf and XLA cannot donate one buffer twice."""
+        """JAX arrays for the given leaves; a repeated array is copied, so that each
+        parameter is an array of its own (``opt.state[param]`` finds it by
+        identity), as torch keeps each listed tensor apart."""
         seen: set[int] = set()
         leaves = []
         for p in originals:
@@ -665,16 +866,25 @@ class Optimizer:
     def _validate_options(self, group: Mapping[str, Any]) -> None:
         options = self._group_options(group)
         check_scalar_lr(options.get("lr"))
-        self.algorithm.validate(options)
+        # The functional validation skips callables (schedules); torch compares a
+        # callable hyperparameter and raises that comparison's TypeError.
+        defaults = self.algorithm.defaults
+        self.algorithm.validate(
+            Options(
+                {
+                    name: _as_compared(value)
+                    if isinstance(defaults.get(name), (int, float, tuple))
+                    and not isinstance(defaults.get(name), bool)
+                    else value
+                    for name, value in options.items()
+                }
+            )
+        )
 
     # -- params and grads as given -------------------------------------------------
 
     def _assemble(self, g: int, leaves: list) -> Any:
-        tree = jax.tree.unflatten(self._treedefs[g], leaves)
-        names = self.param_groups[g].get("param_names")
-        if names is not None:
-            return list(zip(names, tree, strict=True))
-        return tree
+        return self._structures[g].unflatten(leaves)
 
     def _as_given(self, per_group: list) -> Any:
         if self._given_as_groups or len(self.param_groups) > 1:
@@ -695,6 +905,32 @@ class Optimizer:
                 for g, group in enumerate(self.param_groups)
             ]
         )
+
+    @params.setter
+    def params(self, params: Any) -> None:
+        """Replace the parameters, as torch's ``model.load_state_dict`` does (to
+        restore a checkpoint into an optimizer built as the run built it).
+
+        ``params`` has the structure of :attr:`params` and each array its
+        parameter's shape and dtype; the state and options are kept. Everything is
+        checked before anything changes.
+        """
+        new = []
+        for g, tree in enumerate(self._per_group(params, "params")):
+            leaves = self._group_leaves(g, tree, "params")
+            for i, (old, leaf) in enumerate(
+                zip(self.param_groups[g]["params"], leaves, strict=True)
+            ):
+                where = self._where(g, i, "params")
+                _check_param(leaf, where)
+                if is_bcoo(leaf) or (leaf.shape, leaf.dtype) != (old.shape, old.dtype):
+                    raise ValueError(
+                        f"{where} is {_typename(leaf)} {leaf.dtype}{list(leaf.shape)}; "
+                        f"the parameter is {old.dtype}{list(old.shape)}"
+                    )
+            new.append(self._own_leaves(leaves))
+        for group, leaves in zip(self.param_groups, new, strict=True):
+            group["params"] = leaves
 
     @property
     def grads(self) -> Any:
@@ -728,60 +964,88 @@ class Optimizer:
             for grads in self._grads
         ]
 
-    def _flatten_grads(self, grads: Any) -> list[list]:
-        if grads is None:
-            return [[None] * len(g["params"]) for g in self.param_groups]
+    def _per_group(self, tree: Any, what: str) -> list:
+        """``tree`` (shaped like :attr:`params`) as one entry per group."""
         per_group = (
-            [grads]
+            [tree]
             if not (self._given_as_groups or len(self.param_groups) > 1)
-            else list(grads)
+            else list(tree)
         )
         if len(per_group) != len(self.param_groups):
             raise ValueError(
-                f"grads has {len(per_group)} groups, the optimizer has "
+                f"{what} has {len(per_group)} groups, the optimizer has "
                 f"{len(self.param_groups)}"
             )
+        return per_group
+
+    def _group_leaves(self, g: int, tree: Any, what: str) -> list:
+        """The leaves of ``tree``, shaped like group ``g``'s params, in the
+        optimizer's order; ValueError where the structure (or a name) differs."""
+        structure = self._structures[g]
+        if (
+            structure.pairs
+            and isinstance(tree, (list, tuple))
+            and all(_is_named(item) for item in tree)
+        ):
+            if [name for name, _ in tree] != structure.names:
+                raise ValueError(
+                    f"{what} of group {g} are named {[n for n, _ in tree]}, the "
+                    f"params {structure.names}"
+                )
+            tree = [leaf for _, leaf in tree]
+        try:
+            return structure.flatten(tree)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"{what} of group {g} must have the structure of its params "
+                f"{structure.treedef}: {e}"
+            ) from e
+
+    def _where(self, g: int, i: int, what: str) -> str:
+        """Param ``i`` of group ``g`` in a tree shaped like :attr:`params`."""
+        prefix = f"{what}[{g}]" if len(self.param_groups) > 1 else what
+        return prefix + self._structures[g].describe(i)
+
+    def _flatten_grads(self, grads: Any) -> list[list]:
+        if grads is None:
+            return [[None] * len(g["params"]) for g in self.param_groups]
         return [
             self._flatten_group_grads(g, group_grads)
-            for g, group_grads in enumerate(per_group)
+            for g, group_grads in enumerate(self._per_group(grads, "grads"))
         ]
 
     def _flatten_group_grads(self, g: int, grads: Any) -> list:
         params = self.param_groups[g]["params"]
         if grads is None:
             return [None] * len(params)
-        names = self.param_groups[g].get("param_names")
-        if (
-            names is not None
-            and isinstance(grads, (list, tuple))
-            and all(_is_named(item) for item in grads)
-        ):
-            if [name for name, _ in grads] != list(names):
-                raise ValueError(
-                    f"grads of group {g} are named {[n for n, _ in grads]}, the "
-                    f"params {list(names)}"
-                )
-            grads = [grad for _, grad in grads]
-        treedef = self._treedefs[g]
-        try:
-            leaves = treedef.flatten_up_to(grads)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"grads of group {g} must have the structure of its params {treedef}"
-            ) from e
+        leaves = self._group_leaves(g, grads, "grads")
         return [
             grad
             if grad is None or _matches(grad, p)  # the common case, checked fast
-            else self._checked_grad(p, grad, f"the grad of parameter {i} of group {g}")
+            else self._checked_grad(
+                p,
+                grad,
+                f"the grad of parameter {i} of group {g}",
+                self._where(g, i, "grads"),
+            )
             for i, (p, grad) in enumerate(zip(params, leaves))
         ]
 
     @staticmethod
-    def _checked_grad(param: jax.Array, grad: Any, name: str = "the grad") -> Any:
+    def _checked_grad(
+        param: jax.Array, grad: Any, name: str = "the grad", where: str = "grads"
+    ) -> Any:
         """torch's checks on assigning ``.grad`` (its messages, then the detail);
-        a gradient of another floating dtype is cast to the parameter's."""
+        a gradient of another floating dtype is cast to the parameter's. ``where``
+        names the leaf in the grads tree given."""
         if grad is None:
             return None
+        _check_not_traced(grad, where)
+        if not (_is_array(grad) or is_bcoo(grad)):
+            raise TypeError(
+                f"{name} ({where}) is a {_typename(grad)}, not an array: grads must "
+                "mirror the params, with an array (or None) for each parameter"
+            )
         if not isinstance(grad, jax.Array):
             grad = interop.to_jax(grad)
         if grad.shape != param.shape:
@@ -822,8 +1086,12 @@ class Optimizer:
         loss = None
         if given and callable(given[0]):
             loss, computed = self._value_and_grad(given[0])
+            _check_not_traced(loss, "the closure's loss")
             self._grads = [
-                [self._checked_grad(p, g) for p, g in zip(group["params"], gs)]
+                [
+                    self._checked_grad(p, grad, where=f"the closure's gradient {i}")
+                    for i, (p, grad) in enumerate(zip(group["params"], gs))
+                ]
                 for group, gs in zip(self.param_groups, computed)
             ]
         elif given:
@@ -874,6 +1142,10 @@ class Optimizer:
 
     def _apply_grads(self) -> None:
         """Step the stored gradients' params through the one compiled step."""
+        for g, group in enumerate(self.param_groups):  # set by hand, under a jit
+            for name, value in group.items():
+                for leaf in jax.tree.leaves(value):
+                    _check_not_traced(leaf, f"param_groups[{g}][{name!r}]")
         if self._skip_nonfinite and not bool(_all_finite(self._grads)):
             self.skipped_steps += 1
             return
@@ -974,7 +1246,11 @@ class Optimizer:
     @property
     def state(self) -> dict:
         """Per-parameter state under torch's names, for the params torch has state
-        for, keyed by the parameter's index (or the parameter array itself)."""
+        for, keyed by the parameter's index (or the parameter array itself).
+
+        A snapshot: its arrays are copies, which later steps leave valid (the next
+        step donates the optimizer's own buffers) and do not update.
+        """
         items: dict[int, dict] = {}
         leaves: list[Any] = []
         snapshot = self._state_snapshot()
@@ -982,7 +1258,7 @@ class Optimizer:
             for i, state in enumerate(snapshot[g]):
                 view = self._torch_state(state)
                 if view:
-                    items[len(leaves) + i] = view
+                    items[len(leaves) + i] = _copied(view)
             leaves.extend(group["params"])
         return _StateView(items, leaves)
 
@@ -1004,11 +1280,7 @@ class Optimizer:
             for i, leaf_state in enumerate(snapshot[g]):
                 view = self._torch_state(leaf_state)
                 if view:
-                    # copies (later steps donate the optimizer's own buffers), per
-                    # entry so torch's key order is kept
-                    state[start + i] = {
-                        k: jax.tree.map(_copy, v) for k, v in view.items()
-                    }
+                    state[start + i] = _copied(view)
             start += len(group["params"])
         state_dict = {"state": state, "param_groups": groups}
         for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):
@@ -1046,10 +1318,14 @@ class Optimizer:
                 "loaded state dict contains a parameter group that doesn't match the "
                 "size of optimizer's group"
             )
+        saved_groups = [
+            self._matched_by_name(g, saved) for g, saved in enumerate(saved_groups)
+        ]
         new_groups = [
             self._loaded_group(g, group, saved)
             for g, (group, saved) in enumerate(zip(groups, saved_groups))
         ]
+        saved_state = _with_int_ids(saved_groups, saved_state)
         known = {pid for saved in saved_groups for pid in saved["params"]}
         for pid in saved_state:
             if pid not in known:
@@ -1071,6 +1347,24 @@ class Optimizer:
         self._static_seen = [None] * len(new_groups)
         for post_hook in tuple(self._optimizer_load_state_dict_post_hooks.values()):
             post_hook(self)
+
+    def _matched_by_name(self, g: int, saved: Mapping) -> Mapping:
+        """Saved group ``g`` with its ids in the order of this group's params, by
+        name, when both have ``param_names``: the same names in another order are
+        matched; other names are an error naming both (torch loads by position and
+        would give one param another's state)."""
+        ours, theirs = self._structures[g].names, saved.get("param_names")
+        if ours is None or theirs is None or list(theirs) == ours:
+            return saved
+        theirs = list(theirs)
+        if sorted(theirs) != sorted(ours) or len(set(ours)) != len(ours):
+            raise ValueError(
+                f"loaded state dict's parameter group {g} has param_names {theirs}, "
+                f"the optimizer's group {g} has {ours}: the state belongs to other "
+                "parameters"
+            )
+        ids = dict(zip(theirs, saved["params"], strict=True))
+        return {**saved, "param_names": ours, "params": [ids[n] for n in ours]}
 
     def _loaded_group(self, g: int, group: dict, saved: Mapping) -> dict:
         new = {k: interop.to_jax(v) for k, v in saved.items() if k != "params"}
@@ -1254,6 +1548,18 @@ def _checked_layout(state_dict: Mapping) -> tuple[list, Mapping]:
     return list(groups), state
 
 
+def _as_compared(value: Any) -> Any:
+    """``value`` with each callable replaced by a stand-in of the same type name
+    that supports no comparison, so validation's ``0.0 <= lr`` raises the
+    ``TypeError`` torch raises (``'<=' not supported between instances of 'float'
+    and 'function'``)."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_as_compared(v) for v in value)
+    if callable(value) and not hasattr(value, "shape"):
+        return type(type(value).__name__, (), {})()
+    return value
+
+
 def _option_kind(default: Any) -> str | None:
     """What a loaded hyperparameter must be, judged by torch's default for it
     (None: anything that validation accepts)."""
@@ -1304,9 +1610,32 @@ def _missing(pid: Any, name: str, names: tuple) -> None:
     )
 
 
+def _with_int_ids(groups: list, state: Mapping) -> Mapping:
+    """``state`` keyed by the groups' integer ids where it has them as strings
+    (orbax's own checkpointer and JSON turn integer dict keys into strings)."""
+    known = {pid for group in groups for pid in group["params"]}
+    as_text = {str(pid): pid for pid in known if isinstance(pid, int)}
+    out = dict(state)
+    for key in state:
+        pid = as_text.get(key) if isinstance(key, str) and key not in known else None
+        if pid is not None and pid not in out:
+            out[pid] = out.pop(key)
+    return out
+
+
+def _dtype_kind(dtype: Any) -> str:
+    for kind in (jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating):
+        if jnp.issubdtype(dtype, kind):
+            return kind.__name__
+    return jnp.dtype(dtype).name
+
+
 def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
-    """A saved state entry as a fresh array of ``dtype`` (torch's cast), checked."""
+    """A saved state entry as a fresh array of ``dtype`` (torch's cast, between
+    floating dtypes), checked: an entry of another kind (integer, complex for a
+    real state) is an error, where a cast would change the trajectory silently."""
     where = f"loaded state {name!r} of parameter {pid}"
+    _check_not_traced(value, where)
     if not _is_array(value) and not isinstance(value, (int, float, complex, np.number)):
         raise ValueError(f"{where} must be an array, got {_typename(value)}")
     # A JAX array stays where it lives: it may be sharded over other processes.
@@ -1317,8 +1646,12 @@ def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
         array = np.asarray(interop.to_numpy(value))
     if not jnp.issubdtype(array.dtype, jnp.number):
         raise ValueError(f"{where} has dtype {array.dtype}, not a number")
-    if jnp.iscomplexobj(array) and not jnp.issubdtype(dtype, jnp.complexfloating):
-        raise ValueError(f"{where} is complex ({array.dtype}); the state is {dtype}")
+    if _dtype_kind(array.dtype) != _dtype_kind(dtype):
+        raise ValueError(
+            f"{where} has dtype {array.dtype}, the state is {jnp.dtype(dtype).name}: "
+            f"a {_dtype_kind(array.dtype)} entry for a {_dtype_kind(dtype)} state "
+            "is not cast"
+        )
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{where} has shape {array.shape}, expected {tuple(shape)}")
     return jnp.array(array, dtype=dtype, copy=True)
@@ -1327,6 +1660,7 @@ def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
 def _loaded_step(pid: Any, value: Any) -> jax.Array:
     """torch keeps 'step' as a float tensor; the facade counts in int32."""
     where = f"loaded state 'step' of parameter {pid}"
+    _check_not_traced(value, where)
     if not _is_array(value) and not isinstance(value, (int, float, np.number)):
         raise ValueError(f"{where} must be a number, got {_typename(value)}")
     array = np.asarray(interop.to_numpy(value))

@@ -16,7 +16,7 @@ Example (a facade state dict continues in torch, and back)::
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -69,11 +69,23 @@ def to_numpy(tree: Any) -> Any:
 
 
 def to_jax(tree: Any) -> Any:
-    """Every array in ``tree`` as a JAX array (JAX arrays are returned as they are)."""
+    """Every array in ``tree`` as a JAX array (JAX arrays are returned as they are;
+    a torch tensor is copied, so the two no longer share memory).
+
+    An iterator (``model.parameters()``, ``model.named_parameters()``) becomes a
+    list, so a torch model's params convert in torch's order::
+
+        >>> params = fo.interop.to_jax(dict(model.named_parameters()))
+        >>> pairs = fo.interop.to_jax(model.named_parameters())  # [(name, array)]
+    """
 
     def convert(x):
-        return x if isinstance(x, jax.Array) else jnp.asarray(_array_to_numpy(x))
+        if isinstance(x, jax.Array):
+            return x
+        return jnp.array(_array_to_numpy(x), copy=True)
 
+    if isinstance(tree, Iterator):
+        tree = list(tree)
     return _map_arrays(convert, tree)
 
 

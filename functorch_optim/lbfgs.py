@@ -982,8 +982,9 @@ class LBFGS(Optimizer):
             value_fn = lambda leaves: loss(self._as_given([self._assemble(0, leaves)]))
             return step_flat(value_fn, leaves, state, options)
 
-        # params and state are donated, as the other optimizers' steps do
-        self._compiled[key] = jax.jit(run, donate_argnums=(0, 1))
+        # the state is donated (only the optimizer holds it; ``state`` and
+        # ``state_dict`` hand out copies), never the params: a user may hold them
+        self._compiled[key] = jax.jit(run, donate_argnums=1)
         if len(self._compiled) > _COMPILED_CLOSURES:
             self._compiled.popitem(last=False)
         return self._compiled[key]

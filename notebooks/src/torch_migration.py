@@ -47,7 +47,7 @@ for idx in batches:
 # ## The same loop on the facade
 # Differences: params are a pytree of JAX arrays, the loss is a function of them, and
 # `step(closure)` differentiates it (or pass `step(grads)`). Read the updated params
-# from `opt.params` (the arrays of a step are donated to the next one).
+# from `opt.params` (arrays read earlier stay valid: they hold the earlier values).
 
 # %%
 params = {k: jnp.asarray(v) for k, v in initial.items()}
@@ -99,8 +99,8 @@ torch.save(
 
 saved = torch.load(os.path.join(tmp, "torch.pt"))
 # (name, array) pairs in torch's parameter order, as model.named_parameters() gives
-# them, so the state dict's ids 0, 1 mean the same parameters. (A dict would be
-# flattened in sorted key order: bias, weight.)
+# them, so the state dict's ids 0, 1 mean the same parameters (a dict in that order
+# is numbered the same way, and load_state_dict checks torch's param_names).
 named = [(k, jnp.asarray(v.numpy())) for k, v in saved["model"].items()]
 fo_opt = fo.Adam(named, lr=1e-2, amsgrad=True)
 fo_opt.load_state_dict(saved["optimizer"])
