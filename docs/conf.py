@@ -1,0 +1,209 @@
+"""Sphinx configuration of the API reference.
+
+Build it with ``python -m sphinx -W -b html docs docs/_build/html`` (``-W``: a
+warning fails the build, as in CI). The API pages under ``docs/api/`` are written
+here from the package's public names (a module's ``__all__``, or else the names it
+defines), so that every public name has its entry; the build then checks that each
+one was documented.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import types
+
+sys.path.insert(0, os.path.abspath(".."))
+
+import functorch_optim as fo  # noqa: E402
+
+project = "functorch_optim"
+author = "functorch_optim contributors"
+copyright = "functorch_optim contributors"  # noqa: A001
+release = version = fo.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "sphinx.ext.intersphinx",
+]
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False
+intersphinx_mapping: dict = {}
+html_theme = "furo" if importlib.util.find_spec("furo") else "alabaster"
+html_title = f"functorch_optim {release}"
+exclude_patterns = ["_build"]
+templates_path: list[str] = []
+nitpicky = False
+
+# The submodules with a page of their own, in the order of the index.
+SUBMODULES = {
+    "lr_scheduler": "Torch-style learning-rate schedulers",
+    "schedules": "Functional schedules",
+    "swa_utils": "Weight averaging (torch.optim.swa_utils)",
+    "interop": "Torch interchange",
+    "checkpoint": "Checkpoints",
+}
+# fo's own names, sorted into the sections of its page by what they are.
+SECTIONS = [
+    ("functional", "Functional algorithms (optax-style)"),
+    ("facade", "Torch-style optimizers"),
+    ("states", "Functional states"),
+    ("utilities", "Composition, clipping, packing and non-finite steps"),
+]
+
+
+def public_names(module: types.ModuleType) -> list[str]:
+    """The module's ``__all__``, or else the non-underscore names it defines."""
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        return list(names)
+    return [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", None) == module.__name__
+        and inspect.getdoc(value)
+    ]
+
+
+def available_submodules() -> dict[str, str]:
+    return {
+        name: title
+        for name, title in SUBMODULES.items()
+        if importlib.util.find_spec(f"functorch_optim.{name}") is not None
+    }
+
+
+def section_of(name: str, value: object) -> str:
+    if isinstance(value, type) and issubclass(value, fo.Optimizer):
+        return "facade"
+    if isinstance(value, type) and hasattr(value, "_fields"):
+        return "states"
+    module = getattr(value, "__module__", "")
+    if callable(value) and module.startswith(
+        ("functorch_optim.algorithms.", "functorch_optim.lbfgs")
+    ):
+        return "functional"
+    return "utilities"
+
+
+def directive(qualified: str, value: object) -> str:
+    if isinstance(value, type):
+        options = "   :members:\n   :show-inheritance:\n"
+        if hasattr(value, "_fields"):
+            options = ""  # a NamedTuple: its docstring lists the fields
+        elif issubclass(value, fo.Optimizer) and value is not fo.Optimizer:
+            options = "   :show-inheritance:\n"  # methods: see Optimizer
+        return f".. autoclass:: {qualified}\n{options}"
+    return f".. autofunction:: {qualified}\n"
+
+
+def write_api_pages(app) -> None:
+    """Write ``api/*.rst``: fo's names by section, then one page per submodule."""
+    out = os.path.join(app.srcdir, "api")
+    os.makedirs(out, exist_ok=True)
+    submodules = available_submodules()
+    schedule_names = set(public_names(importlib.import_module("functorch_optim.schedules")))
+    by_section: dict[str, list[str]] = {key: [] for key, _ in SECTIONS}
+    re_exported = []
+    for name in fo.__all__:
+        value = getattr(fo, name)
+        if isinstance(value, types.ModuleType):
+            continue
+        if name in schedule_names:
+            re_exported.append(name)
+            continue
+        by_section[section_of(name, value)].append(name)
+
+    lines = [
+        "functorch_optim",
+        "===============",
+        "",
+        ".. module:: functorch_optim",
+        "",
+        "``import functorch_optim as fo``. Lowercase names are optax-style",
+        "gradient transformations; torch's class names are the stateful optimizers.",
+        "",
+    ]
+    for key, title in SECTIONS:
+        lines += [title, "-" * len(title), ""]
+        for name in by_section[key]:
+            lines.append(directive(f"functorch_optim.{name}", getattr(fo, name)))
+    if re_exported:
+        title = "Schedules at top level"
+        lines += [
+            title,
+            "-" * len(title),
+            "",
+            "These are :mod:`functorch_optim.schedules`' schedules, also importable",
+            "as ``fo.<name>``:",
+            "",
+        ]
+        lines += [f"- :func:`fo.{n} <functorch_optim.schedules.{n}>`" for n in re_exported]
+        lines.append("")
+    _write(os.path.join(out, "functorch_optim.rst"), lines)
+
+    for name, title in submodules.items():
+        module = importlib.import_module(f"functorch_optim.{name}")
+        heading = f"functorch_optim.{name}: {title}"
+        lines = [heading, "=" * len(heading), "", f".. automodule:: {module.__name__}", ""]
+        for member in public_names(module):
+            lines.append(directive(f"{module.__name__}.{member}", getattr(module, member)))
+        _write(os.path.join(out, f"{name}.rst"), lines)
+
+    index = ["API reference", "=============", "", ".. toctree::", "", "   functorch_optim"]
+    index += [f"   {name}" for name in submodules]
+    _write(os.path.join(out, "index.rst"), index)
+
+
+def _write(path: str, lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return  # unchanged: Sphinx keeps its cached pages
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def check_coverage(app, env) -> None:
+    """Every public name of fo and of each submodule has an entry."""
+    from sphinx.util import logging
+
+    logger = logging.getLogger(__name__)
+    documented = set(env.get_domain("py").objects)
+    expected = [
+        f"functorch_optim.{n}"
+        for n in fo.__all__
+        if not isinstance(getattr(fo, n), types.ModuleType)
+    ]
+    for name in available_submodules():
+        module = importlib.import_module(f"functorch_optim.{name}")
+        expected += [f"{module.__name__}.{n}" for n in public_names(module)]
+    schedules = importlib.import_module("functorch_optim.schedules")
+    for qualified in expected:
+        short = qualified.rsplit(".", 1)[1]
+        if qualified in documented:
+            continue
+        if qualified.count(".") == 1 and short in public_names(schedules):
+            continue  # re-exported schedule: documented in functorch_optim.schedules
+        logger.warning("public name %s has no entry in the API reference", qualified)
+
+
+def setup(app):
+    app.connect("builder-inited", write_api_pages)
+    app.connect("env-updated", check_coverage)
