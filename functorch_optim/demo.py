@@ -170,7 +170,8 @@ def train_torch(name, data, order, weights: dict, dtype: str, record_params: boo
     layers = []
     for key in LAYERS:
         kernel = torch.tensor(weights[key]["kernel"].T, dtype=torch_dtype)
-        layer = torch.nn.Linear(*reversed(kernel.shape), dtype=torch_dtype)
+        n_out, n_in = kernel.shape
+        layer = torch.nn.Linear(n_in, n_out, dtype=torch_dtype)
         with torch.no_grad():
             layer.weight.copy_(kernel)
             layer.bias.copy_(torch.tensor(weights[key]["bias"], dtype=torch_dtype))
