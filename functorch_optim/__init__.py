@@ -8,19 +8,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import interop, lr_scheduler, schedules
-from .algorithms.adadelta import adadelta
-from .algorithms.adafactor import adafactor
-from .algorithms.adagrad import adagrad
-from .algorithms.adam import adam, adamw
-from .algorithms.adamax import adamax
-from .algorithms.asgd import asgd
-from .algorithms.muon import muon
-from .algorithms.nadam import nadam
-from .algorithms.radam import radam
-from .algorithms.rmsprop import rmsprop
-from .algorithms.rprop import rprop
-from .algorithms.sgd import sgd
-from .algorithms.sparse_adam import sparse_adam
+from .algorithms.adadelta import AdadeltaState, adadelta
+from .algorithms.adafactor import AdafactorState, adafactor
+from .algorithms.adagrad import AdagradState, adagrad
+from .algorithms.adam import AdamState, AdamWState, adam, adamw
+from .algorithms.adamax import AdamaxState, adamax
+from .algorithms.asgd import ASGDState, asgd
+from .algorithms.muon import MuonState, muon
+from .algorithms.nadam import NAdamState, nadam
+from .algorithms.radam import RAdamState, radam
+from .algorithms.rmsprop import RMSpropState, rmsprop
+from .algorithms.rprop import RpropState, rprop
+from .algorithms.sgd import SGDState, sgd
+from .algorithms.sparse_adam import SparseAdamState, sparse_adam
 from .clipping import clip_grad_norm, clip_grad_value, global_norm
 from .core import GradientTransformation, apply_updates, chain
 from .facade import (
@@ -84,6 +84,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
+
 __all__ = [
     # torch-style facade (functorch_optim.facade) and torch interop
     "ASGD",
@@ -129,6 +130,21 @@ __all__ = [
     "rprop",
     "sparse_adam",
     "PackedState",
+    # functional states, one per algorithm
+    "ASGDState",
+    "AdadeltaState",
+    "AdafactorState",
+    "AdagradState",
+    "AdamState",
+    "AdamWState",
+    "AdamaxState",
+    "MuonState",
+    "NAdamState",
+    "RAdamState",
+    "RMSpropState",
+    "RpropState",
+    "SGDState",
+    "SparseAdamState",
     "packed",
     "SkipNonfiniteState",
     "all_finite",

@@ -1,11 +1,18 @@
-"""Run an algorithm's per-leaf rule over a whole pytree.
+"""Run an algorithm's rule over a whole pytree.
 
-State layout: a dict from torch's state name to a pytree shaped like the parameters
-(``state['exp_avg']`` mirrors ``params``), plus ``state['step']``, a tree of int32
-counts, one per leaf. Entries torch does not create for a leaf are ``None``.
+Two state layouts run the same rule (``Algorithm.scalars`` once per step, then
+``Algorithm.step`` per leaf):
 
-Every path that steps parameters (the functional transforms and the facade) goes
-through :func:`step_leaves`, so the numerics are defined in one place.
+* the functional state, ``Algorithm.state_type``: one ``count`` for the whole tree,
+  each array entry a tree shaped like the params, each scalar entry once. The
+  step's scalar part is traced once per step, so a tree of thousands of leaves
+  compiles one set of bias corrections, not one per leaf.
+* the per-leaf state torch keeps (the facade's): a dict per leaf with its own
+  ``step`` count, the scalar entries and the array entries, so a leaf without a
+  gradient does not step.
+
+Every path that steps parameters goes through :func:`step_scalars` and
+:func:`run_rule`, so the numerics are defined in one place.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import sparse as jsparse
 
 from .algorithms.base import Algorithm, Options, to_complex, to_real
 from .checks import check_grads, check_param_dtypes, leaf_names
-from .core import is_bcoo
 from .sharding import explicit_as_auto, place, place_like
 
 STEP = "step"
@@ -38,19 +45,23 @@ def evaluate_schedules(options: Options, count: Any) -> Options:
     return Options({k: evaluate(v) for k, v in options.items()})
 
 
-def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
-    """The state of one leaf before its first step: torch's entries and ``step = 0``,
-    placed on the parameter's devices (:func:`functorch_optim.sharding.place_like`)."""
-    zero = jnp.zeros((), jnp.int32)
-    state = algorithm.init(param, evaluate_schedules(options, zero))
-    return place_like({STEP: zero, **state}, param)
+def step_scalars(
+    algorithm: Algorithm, count: Any, scalar_state: dict, options: Options
+) -> tuple[Options, dict]:
+    """The scalar part of a step from ``count`` steps taken: the options the
+    per-leaf part reads (schedules evaluated at ``count``, the step's values
+    added) and the new scalar state."""
+    options = evaluate_schedules(options, count)
+    values, new_scalars = algorithm.scalars(count + 1, scalar_state, options)
+    new_scalars = {k: _cast_like(v, scalar_state[k]) for k, v in new_scalars.items()}
+    return Options({**options, **values}), new_scalars
 
 
-def step_leaf(
+def run_rule(
     algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
 ) -> tuple[Any, dict]:
-    """One step of one leaf, with torch's complex handling and dtype preservation."""
-    options = evaluate_schedules(options, state[STEP])
+    """The per-leaf part of a step on one leaf (its array state entries), with
+    torch's complex handling and dtype preservation."""
     as_real = algorithm.complex_as_real and jnp.iscomplexobj(param)
     if as_real:
         run_param, run_grad = to_real(param), to_real(grad)
@@ -82,25 +93,9 @@ def _cast_like(x: Any, like: Any) -> Any:
     return jnp.asarray(x).astype(jnp.asarray(like).dtype)
 
 
-def step_leaves(
-    algorithm: Algorithm,
-    params: Sequence[Any],
-    grads: Sequence[Any],
-    states: Sequence[dict],
-    options: Options,
-) -> tuple[list[Any], list[dict]]:
-    """Step a list of leaves sharing one set of options (one param group)."""
-    grads = [_taken_grad(algorithm, g, options) for g in grads]
-    results = [
-        step_leaf(algorithm, p, g, s, options)
-        for p, g, s in zip(params, grads, states, strict=True)
-    ]
-    return [r[0] for r in results], [r[1] for r in results]
-
-
-def _taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:
+def taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:
     """A sparse gradient as the algorithm takes it (see ``Algorithm.sparse_grads``)."""
-    if not is_bcoo(grad) or algorithm.sparse_grads == "native":
+    if not isinstance(grad, jsparse.BCOO) or algorithm.sparse_grads == "native":
         return grad
     error = algorithm.sparse_grad_error(options)
     if error is not None:
@@ -108,41 +103,110 @@ def _taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:
     return grad.todense()
 
 
-# --- between a dict of trees and a list of per-leaf dicts ------------------------
+# --- torch's per-leaf layout (the facade, the packs) ------------------------------
 
 
-def state_to_leaves(state: dict, treedef) -> list[dict]:
-    """``{'exp_avg': tree, ...}`` -> ``[{'exp_avg': leaf0, ...}, ...]``."""
-    columns = {k: treedef.flatten_up_to(v) for k, v in state.items()}
-    return [
-        {k: column[i] for k, column in columns.items()}
-        for i in range(treedef.num_leaves)
+def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
+    """The state torch creates for one leaf: ``step = 0``, the scalar entries and
+    the array entries, placed on the parameter's devices
+    (:func:`functorch_optim.sharding.place_like`)."""
+    zero = jnp.zeros((), jnp.int32)
+    options = evaluate_schedules(options, zero)
+    state = {**algorithm.init_scalars(options), **algorithm.init(param, options)}
+    return place_like({STEP: zero, **state}, param)
+
+
+def step_leaf(
+    algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
+) -> tuple[Any, dict]:
+    """One step of one leaf with its own state (``step``, scalar and array
+    entries), as torch steps each parameter."""
+    scalars = {k: state[k] for k in algorithm.scalar_names}
+    step_options, new_scalars = step_scalars(algorithm, state[STEP], scalars, options)
+    arrays = {k: v for k, v in state.items() if k != STEP and k not in scalars}
+    new_param, new_arrays = run_rule(algorithm, param, grad, arrays, step_options)
+    new_state = {STEP: state[STEP] + 1, **new_scalars, **new_arrays}
+    return new_param, place_like(new_state, param)
+
+
+def step_leaves(
+    algorithm: Algorithm,
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[dict],
+    options: Options,
+) -> tuple[list[Any], list[dict]]:
+    """Step a list of leaves sharing one set of options (one param group), each
+    with its own state."""
+    grads = [taken_grad(algorithm, g, options) for g in grads]
+    results = [
+        step_leaf(algorithm, p, g, s, options)
+        for p, g, s in zip(params, grads, states, strict=True)
     ]
+    return [r[0] for r in results], [r[1] for r in results]
 
 
-def leaves_to_state(leaf_states: Sequence[dict], treedef) -> dict:
-    """Inverse of :func:`state_to_leaves` (every leaf has the same keys)."""
-    if not leaf_states:
-        return {STEP: jax.tree.unflatten(treedef, [])}
-    keys = leaf_states[0].keys()
-    return {k: jax.tree.unflatten(treedef, [s[k] for s in leaf_states]) for k in keys}
+# --- the functional state -----------------------------------------------------------
 
 
-def init_tree(algorithm: Algorithm, params: Any, options: Options) -> dict:
+def array_names(algorithm: Algorithm) -> tuple[str, ...]:
+    """The functional state's per-leaf entries (its fields after ``count`` that are
+    not scalar entries)."""
+    fields = algorithm.state_type._fields[1:]  # type: ignore[attr-defined]
+    return tuple(f for f in fields if f not in algorithm.scalar_names)
+
+
+def _entry(values: list[Any], treedef) -> Any:
+    """Per-leaf values as one tree shaped like the params; None where no leaf has
+    one (an empty tree stays the empty tree, so every state of it has one shape)."""
+    if values and all(v is None for v in values):
+        return None
+    return jax.tree.unflatten(treedef, values)
+
+
+def init_tree(algorithm: Algorithm, params: Any, options: Options) -> Any:
+    """The functional state (``algorithm.state_type``) of ``params`` before the
+    first step."""
     check_param_dtypes(params)
     leaves, treedef = jax.tree.flatten(params)
-    return leaves_to_state([init_leaf(algorithm, p, options) for p in leaves], treedef)
+    zero = jnp.zeros((), jnp.int32)
+    options = evaluate_schedules(options, zero)
+    per_leaf = [place_like(algorithm.init(p, options), p) for p in leaves]
+    arrays = {
+        name: _entry([s[name] for s in per_leaf], treedef)
+        for name in array_names(algorithm)
+    }
+    return algorithm.state_type(count=zero, **algorithm.init_scalars(options), **arrays)
 
 
 def step_tree(
-    algorithm: Algorithm, params: Any, grads: Any, state: dict, options: Options
-) -> tuple[Any, dict]:
-    """Step every leaf of ``params``; returns the new params and the new state."""
+    algorithm: Algorithm, params: Any, grads: Any, state: Any, options: Options
+) -> tuple[Any, Any]:
+    """Step every leaf of ``params`` from the functional ``state``; returns the new
+    params and the new state."""
     leaves, grad_leaves, treedef = checked_leaves(params, grads)
-    new_leaves, new_states = step_leaves(
-        algorithm, leaves, grad_leaves, state_to_leaves(state, treedef), options
+    grad_leaves = [taken_grad(algorithm, g, options) for g in grad_leaves]
+    names = array_names(algorithm)
+    columns = {
+        name: [None] * len(leaves)
+        if getattr(state, name) is None
+        else treedef.flatten_up_to(getattr(state, name))
+        for name in names
+    }
+    scalars = {k: getattr(state, k) for k in algorithm.scalar_names}
+    step_options, new_scalars = step_scalars(algorithm, state.count, scalars, options)
+    results = [
+        run_rule(
+            algorithm, p, g, {name: columns[name][i] for name in names}, step_options
+        )
+        for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True))
+    ]
+    new_state = algorithm.state_type(
+        count=state.count + 1,
+        **new_scalars,
+        **{name: _entry([r[1][name] for r in results], treedef) for name in names},
     )
-    return jax.tree.unflatten(treedef, new_leaves), leaves_to_state(new_states, treedef)
+    return jax.tree.unflatten(treedef, [r[0] for r in results]), new_state
 
 
 def checked_leaves(params: Any, grads: Any) -> tuple[list, list, Any]:

@@ -117,3 +117,276 @@ def from_torch_state_dict(state_dict: dict) -> dict:
     """A ``torch.optim`` state dict with JAX arrays, as the facade's ``state_dict()``
     returns it (``load_state_dict`` also takes the torch one directly)."""
     return to_jax(state_dict)
+
+
+# --- functional states <-> torch's optimizer state dict ------------------------------
+
+
+def _key_name(key: Any) -> str:
+    """One step of a key path as torch names it (``fc1``, ``0``, ``weight``)."""
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _names_in_given_order(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    """The leaves' names, dicts walked in insertion order (torch's
+    ``named_parameters()`` order; ``jax.tree`` sorts dict keys)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _names_in_given_order(value, (*prefix, str(key)))
+        return
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)):
+        if tree is not None:
+            yield ".".join(prefix)
+        return
+    children, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: x is not tree
+    )
+    for path, child in children:
+        yield from _names_in_given_order(
+            child, (*prefix, *(_key_name(k) for k in path))
+        )
+
+
+def _named_params(params: Any) -> tuple[list[str], list[int]]:
+    """The leaves' names in ``jax.tree`` order, and for each torch id (the params
+    in the order given) the position of its leaf in that order."""
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [".".join(_key_name(k) for k in path) for path, _ in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"params have repeated leaf names: {names}")
+    position = {name: i for i, name in enumerate(names)}
+    return names, [position[name] for name in _names_in_given_order(params)]
+
+
+def _algorithm_of(tx: Any) -> tuple[Any, Any]:
+    update = getattr(tx, "update", None)
+    algorithm = getattr(update, "algorithm", None)
+    if algorithm is None or algorithm.state_type is None:
+        raise TypeError(
+            "expected a transform of one of this library's first-order algorithms "
+            f"(fo.adam(...), fo.sgd(...), ...), got {tx!r}"
+        )
+    return algorithm, update.options
+
+
+def _facade_class(algorithm: Any) -> Any:
+    import functorch_optim
+
+    return getattr(functorch_optim, algorithm.name)
+
+
+def _torch_option(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_torch_option(v) for v in value)
+    if hasattr(value, "shape"):
+        return float(np.asarray(value).reshape(()))
+    return value
+
+
+def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
+    """A functional state in the format of torch's ``Optimizer.state_dict()``.
+
+    One param group holding every leaf: torch's id ``i`` is the ``i``-th leaf in
+    the order the params were given (dicts in insertion order, as
+    ``model.named_parameters()``), ``param_names`` their key paths joined by
+    ``.`` (``{"fc1": {"weight": w}}`` -> ``fc1.weight``), the group's options
+    ``tx``'s (a schedule at its value for the next step). Each leaf's state holds
+    torch's entries: ``step`` from ``state.count`` (a float32 tensor where torch
+    keeps one), the scalar entries kept once, its slice of each array entry. Before
+    the first step the state is empty, as torch's (Adagrad's, created by its
+    constructor, excepted).
+
+    torch's ``load_state_dict`` matches params by position, not by name: give the
+    params in the torch model's order (a dict built from
+    ``model.named_parameters()``; ``jax.tree.map`` returns dicts in sorted key
+    order). Only their names, structure and order are read.
+
+    Args:
+      tx: the transform of this library that made ``state`` (``fo.adam(...)``).
+      state: its state (``fo.AdamState``, ...).
+      params: the params the state belongs to, in torch's order.
+
+    Returns:
+      A dict that ``torch.optim.<Algorithm>.load_state_dict`` loads, with torch
+      tensors.
+
+    Example:
+      >>> sd = fo.interop.torch_state_dict(tx, state, params)
+      >>> torch_opt = torch.optim.Adam(model.named_parameters(), lr=1e-3)
+      >>> torch_opt.load_state_dict(sd)
+    """
+    from .fused import array_names, evaluate_schedules
+
+    algorithm, options = _algorithm_of(tx)
+    names, order = _named_params(params)
+    treedef = jax.tree.structure(params)
+    count = int(state.count)
+    columns = {
+        name: [None] * treedef.num_leaves
+        if getattr(state, name) is None
+        else treedef.flatten_up_to(getattr(state, name))
+        for name in array_names(algorithm)
+    }
+    facade = _facade_class(algorithm)
+    created = count > 0 or facade.state_at_construction
+    leaf_states = {}
+    for torch_id, leaf in enumerate(order):
+        if not created:
+            break
+        entries: dict[str, Any] = {}
+        for name in algorithm.state_names:
+            if name == "step":
+                entries[name] = (
+                    jnp.asarray(count, jnp.float32) if facade.step_is_tensor else count
+                )
+            elif name in algorithm.scalar_names:
+                entries[name] = getattr(state, name)
+            elif columns[name][leaf] is not None:
+                entries[name] = columns[name][leaf]
+        leaf_states[torch_id] = to_torch(entries)
+    values = evaluate_schedules(options, state.count)
+    group = {k: _torch_option(values[k]) for k in algorithm.defaults}
+    group["params"] = list(range(len(order)))
+    group["param_names"] = [names[leaf] for leaf in order]
+    return {"state": leaf_states, "param_groups": [group]}
+
+
+def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
+    """The functional state of ``tx`` for ``params`` from a torch optimizer's
+    ``state_dict()``.
+
+    Every group's params are matched to the leaves of ``params`` by name where the
+    groups carry ``param_names`` (torch's optimizers built from
+    ``model.named_parameters()``; names are key paths joined by ``.``), else by
+    order: torch's ids in their groups' order are the leaves in the order the params
+    were given (dicts in insertion order). Each entry is checked (torch's names of
+    this algorithm, the leaf's shape, a real or complex dtype as the leaf's) and
+    cast to the dtype ``tx.init`` gives it. The functional state has one count, so
+    every param must have taken the same number of steps, and the scalar entries
+    (ASGD's ``eta``, NAdam's ``mu_product``) must agree. The options are
+    ``tx``'s; the group's options in the dict are not read.
+
+    Args:
+      tx: a transform of this library (``fo.adam(...)``).
+      torch_state_dict: ``torch_optimizer.state_dict()`` (torch tensors, or
+        NumPy/JAX arrays).
+      params: the params, as ``tx.update`` will get them.
+
+    Returns:
+      The state (``fo.AdamState``, ...), as ``tx.init(params)`` shapes it.
+
+    Raises:
+      ValueError: naming the param and entry, for a param missing from the dict or
+        in it but not in ``params``, an entry of another shape, an unknown entry,
+        or steps / scalar entries that differ between params.
+
+    Example:
+      >>> params = fo.interop.to_jax(dict(model.named_parameters()))
+      >>> state = fo.interop.load_torch_state(fo.adam(1e-3), opt.state_dict(), params)
+    """
+    algorithm, _ = _algorithm_of(tx)
+    names, order = _named_params(params)
+    treedef = jax.tree.structure(params)
+    template = jax.eval_shape(tx.init, params)
+    groups = torch_state_dict["param_groups"]
+    saved_states = torch_state_dict["state"]
+    torch_ids = [pid for group in groups for pid in group["params"]]
+    if all("param_names" in group for group in groups):
+        torch_names = [n for group in groups for n in group["param_names"]]
+        missing = [n for n in names if n not in torch_names]
+        extra = [n for n in torch_names if n not in names]
+        if missing or extra:
+            raise ValueError(
+                f"torch's state dict names params {torch_names}; params missing "
+                f"from it: {missing}, params in it but not in params: {extra}"
+            )
+        id_of = dict(zip(torch_names, torch_ids, strict=True))
+    elif len(torch_ids) != len(order):
+        raise ValueError(
+            f"torch's state dict has {len(torch_ids)} params and no param_names, "
+            f"params has {len(order)} leaves ({[names[i] for i in order]})"
+        )
+    else:
+        id_of = {names[leaf]: pid for leaf, pid in zip(order, torch_ids, strict=True)}
+
+    per_leaf: list[dict] = []
+    for name in names:
+        pid = id_of[name]
+        saved = saved_states.get(pid, saved_states.get(str(pid), {})) or {}
+        unknown = [k for k in saved if k not in algorithm.state_names]
+        if unknown:
+            raise ValueError(
+                f"torch's state of param {name!r} has {unknown}, which "
+                f"{algorithm.name} does not keep (its state: "
+                f"{list(algorithm.state_names)})"
+            )
+        per_leaf.append(dict(saved))
+
+    stepped = [bool(s) for s in per_leaf]
+    if any(stepped) and not all(stepped):
+        raise ValueError(
+            "the functional state has one count: torch has state for params "
+            f"{[n for n, s in zip(names, stepped, strict=True) if s]} but none "
+            f"for {[n for n, s in zip(names, stepped, strict=True) if not s]}"
+        )
+    if not any(stepped):
+        return jax.tree.map(jnp.asarray, tx.init(params))
+
+    def count_of(saved: dict) -> int:
+        if "step" not in algorithm.state_names:
+            return 1  # torch keeps no count: its state exists, so a step was taken
+        return int(np.asarray(to_numpy(saved["step"])).reshape(()))
+
+    counts = {name: count_of(s) for name, s in zip(names, per_leaf, strict=True)}
+    if len(set(counts.values())) != 1:
+        raise ValueError(
+            f"the functional state has one count; torch's steps differ: {counts}"
+        )
+
+    def loaded(name: str, entry: str, value: Any, expected: Any) -> jax.Array:
+        array = np.asarray(to_numpy(value))
+        if array.shape != tuple(expected.shape):
+            raise ValueError(
+                f"torch's {entry!r} of param {name!r} has shape {array.shape}, "
+                f"expected {tuple(expected.shape)}"
+            )
+        if np.iscomplexobj(array) != jnp.iscomplexobj(expected):
+            raise ValueError(
+                f"torch's {entry!r} of param {name!r} is {array.dtype}, expected "
+                f"{expected.dtype}"
+            )
+        return jnp.asarray(array).astype(expected.dtype)
+
+    fields: dict[str, Any] = {"count": jnp.asarray(counts[names[0]], jnp.int32)}
+    for field in template._fields[1:]:
+        expected = getattr(template, field)
+        if field in algorithm.scalar_names:
+            values = [
+                loaded(n, field, s[field], expected)
+                for n, s in zip(names, per_leaf, strict=True)
+            ]
+            if any(not bool(jnp.all(v == values[0])) for v in values):
+                raise ValueError(
+                    f"the functional state keeps one {field!r}; torch's differ "
+                    f"between params: {[float(v) for v in values]}"
+                )
+            fields[field] = values[0]
+            continue
+        if expected is None:
+            fields[field] = None
+            continue
+        column = []
+        for name, saved, want in zip(
+            names, per_leaf, treedef.flatten_up_to(expected), strict=True
+        ):
+            if want is None:
+                column.append(None)
+            elif field not in saved:
+                raise ValueError(f"torch's state of param {name!r} has no {field!r}")
+            else:
+                column.append(loaded(name, field, saved[field], want))
+        fields[field] = jax.tree.unflatten(treedef, column)
+    return algorithm.state_type(**fields)

@@ -10,7 +10,8 @@ elementwise op over them as 2000 arrays takes 8 ms, and Adam's per-leaf kernels
 A :class:`Pack` keeps the state of such leaves flat: every per-element entry
 (``exp_avg``, ...) of the leaves, raveled and concatenated, is one buffer, and the
 scalar entries (``step``, ASGD's ``eta`` and ``mu``, NAdam's ``mu_product``), equal
-for all of them, are kept once. A step (:func:`step_pack`) concatenates the leaves'
+for all of them, are kept once (by :func:`packed`, with the one ``count``, outside
+the packs). A step (:func:`step_pack`) concatenates the leaves'
 grads, runs the algorithm's per-leaf rule once over the flat arrays and slices the
 new params back out (:func:`split`). For an ``Algorithm.elementwise`` rule every
 element then gets exactly the arithmetic of its own leaf's step, so packing
@@ -32,7 +33,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,15 @@ from .algorithms.base import Options
 from .checks import check_param_dtypes, leaf_names
 from .core import GradientTransformation, is_concrete, updates_between
 from .functional import AlgorithmUpdate, params_or_zeros
-from .fused import checked_leaves, init_leaf, step_leaf, step_leaves
+from .fused import (
+    array_names,
+    checked_leaves,
+    evaluate_schedules,
+    init_leaf,
+    run_rule,
+    step_scalars,
+    taken_grad,
+)
 
 # Leaves with more elements than this are stepped alone: their kernels' launch cost
 # is small next to their bytes, and packing copies their params and grads once more.
@@ -299,24 +308,38 @@ def step_pack(
 # --- the functional transforms, packed --------------------------------------------
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class PackedState:
-    """The state of :func:`packed`: packs of small leaves and per-leaf states.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class PackLayout:
+    """Which leaves each pack of a :class:`PackedState` holds (static: a pytree
+    node without leaves, part of the compiled step's key)."""
+
+    indices: tuple[tuple[int, ...], ...]
+
+
+class PackedState(NamedTuple):
+    """The state of :func:`packed`: one step count, the scalar entries once, and
+    the array entries of packed leaves flat, of the others per leaf.
 
     Attributes:
-      packs: each pack's state (per-element entries flat, scalar entries once).
+      count: int32, steps taken (read by ``optax.tree_utils.tree_get``).
+      scalars: the algorithm's scalar entries (ASGD's ``eta`` and ``mu``, NAdam's
+        ``mu_product``), once.
+      packs: each pack's array entries, as flat buffers (None where torch creates
+        none).
       offsets: each pack's leaf offsets into its flat buffers (int32 scalars,
         carried as data so that the compiled step slices at runtime offsets).
-      leaves: the per-leaf state (``{'step': ..., 'exp_avg': ...}``) of each leaf
-        stepped alone, None for packed leaves; in the params' leaf order.
-      indices: each pack's leaf positions (static).
+      leaves: the array entries of each leaf stepped alone, None for packed
+        leaves; in the params' leaf order.
+      layout: each pack's leaf positions.
     """
 
+    count: jax.Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    scalars: dict[str, jax.Array]
     packs: list[dict]
     offsets: list[list[jax.Array]]
     leaves: list[dict | None]
-    indices: tuple[tuple[int, ...], ...] = dataclasses.field(metadata={"static": True})
+    layout: PackLayout
 
 
 def packed(tx: Any) -> Any:
@@ -330,14 +353,14 @@ def packed(tx: Any) -> Any:
     in a fraction of the time. For trees of many small leaves. ``init`` needs
     concrete params (it reads their devices; traced, as under ``jit`` or ``vmap``,
     every leaf stays alone, so for a batch of models call ``init`` under the same
-    ``vmap`` as ``update``); every packed leaf needs a gradient at every step
-    (packed leaves share one step count).
+    ``vmap`` as ``update``); every packed leaf needs a gradient at every step.
 
     Example::
 
       >>> tx = fo.packed(fo.adam(1e-3))
       >>> state = tx.init(params)             # params: a tree of many small arrays
       >>> updates, state = tx.update(grads, state, params)
+      >>> state.count
     """
     update = getattr(tx, "update", None)
     if not isinstance(update, AlgorithmUpdate) or not update.algorithm.elementwise:
@@ -346,6 +369,10 @@ def packed(tx: Any) -> Any:
             f"(fo.adam(...), fo.sgd(...), ...), got {tx!r}"
         )
     algorithm, options = update.algorithm, update.options
+    names = array_names(algorithm)
+
+    def arrays(state: dict) -> dict:
+        return {name: state[name] for name in names}
 
     def init(params):
         check_param_dtypes(params)
@@ -356,21 +383,29 @@ def packed(tx: Any) -> Any:
         new_packs = [
             pack_fresh(group, [leaves[i] for i in group], init) for group in groups
         ]
+        zero = jnp.zeros((), jnp.int32)
         return PackedState(
-            packs=[p.state for p in new_packs],
+            count=zero,
+            scalars=algorithm.init_scalars(evaluate_schedules(options, zero)),
+            packs=[arrays(p.state) for p in new_packs],
             offsets=[p.offsets for p in new_packs],
-            leaves=[None if i in in_pack else init(p) for i, p in enumerate(leaves)],
-            indices=tuple(p.indices for p in new_packs),
+            leaves=[
+                None if i in in_pack else arrays(init(p)) for i, p in enumerate(leaves)
+            ],
+            layout=PackLayout(tuple(p.indices for p in new_packs)),
         )
 
     def update_packed(grads, state, params=None, **extra_args):
         del extra_args
         params = params_or_zeros(algorithm, options, grads, params)
         leaves, grad_leaves, treedef = checked_leaves(params, grads)
+        step_options, scalars = step_scalars(
+            algorithm, state.count, state.scalars, options
+        )
         updates: list[Any] = [None] * len(leaves)
         new_packs = []
         for indices, pack_state, offsets in zip(
-            state.indices, state.packs, state.offsets, strict=True
+            state.layout.indices, state.packs, state.offsets, strict=True
         ):
             for i in indices:
                 grad = grad_leaves[i]
@@ -382,12 +417,12 @@ def packed(tx: Any) -> Any:
                         "at every step"
                     )
             flat_param = _flat([leaves[i] for i in indices])
-            new_param, pack_state = step_pack(
-                partial(step_leaf, algorithm),
+            new_param, pack_state = run_rule(
+                algorithm,
                 flat_param,
-                [grad_leaves[i] for i in indices],
+                _flat([grad_leaves[i] for i in indices]),
                 pack_state,
-                options,
+                step_options,
             )
             # one flat subtraction; the caller's per-leaf adds stay simple
             pack_updates = split(
@@ -398,20 +433,25 @@ def packed(tx: Any) -> Any:
             for i, update in zip(indices, pack_updates, strict=True):
                 updates[i] = update
             new_packs.append(pack_state)
-        alone = [i for i, s in enumerate(state.leaves) if s is not None]
-        stepped, stepped_states = step_leaves(
-            algorithm,
-            [leaves[i] for i in alone],
-            [grad_leaves[i] for i in alone],
-            [state.leaves[i] for i in alone],
-            options,
-        )
         leaf_states = list(state.leaves)
-        deltas = updates_between(stepped, [leaves[i] for i in alone])
-        for i, delta, new_state in zip(alone, deltas, stepped_states, strict=True):
-            updates[i] = delta
-            leaf_states[i] = new_state
-        new = PackedState(new_packs, state.offsets, leaf_states, state.indices)
+        for i, leaf_state in enumerate(state.leaves):
+            if leaf_state is not None:
+                new_leaf, leaf_states[i] = run_rule(
+                    algorithm,
+                    leaves[i],
+                    taken_grad(algorithm, grad_leaves[i], options),
+                    leaf_state,
+                    step_options,
+                )
+                updates[i] = updates_between(new_leaf, leaves[i])
+        new = PackedState(
+            state.count + 1,
+            scalars,
+            new_packs,
+            state.offsets,
+            leaf_states,
+            state.layout,
+        )
         return jax.tree.unflatten(treedef, updates), new
 
     return GradientTransformation(init, update_packed)

@@ -182,29 +182,43 @@ def as_torch_options(options: dict, reset: dict | None = None) -> dict:
     return converted | {k: v for k, v in (reset or {}).items() if options.get(k)}
 
 
+def _leaf_entry(ours, name: str, i: int):
+    """Leaf ``i``'s entry ``name`` of a functional state (``count`` for torch's
+    ``step``; a scalar entry, kept once, for every leaf)."""
+    if name == "step":
+        return ours.count
+    value = getattr(ours, name)
+    if value is None or isinstance(value, jax.Array):
+        return value
+    return value[i]
+
+
 def assert_state_matches_torch(
-    state_names, ours: dict, torch_optimizer, tensors, dtype: str, skip=()
+    state_names, ours, torch_optimizer, tensors, dtype: str, skip=()
 ) -> None:
     """Our state equals torch's ``optimizer.state``, entry by entry, in its order.
 
-    ``ours`` is a transform's state for params given as a list (``ours[name][i]``
-    is leaf ``i``'s entry, None where torch creates no such entry).
+    ``ours`` is a transform's functional state (a NamedTuple: ``count``, then
+    torch's names) for params given as a list: ``ours.<name>[i]`` is leaf ``i``'s
+    entry, None where torch creates no such entry; scalar entries are kept once.
     """
     rtol, atol = TOLERANCE[dtype]
+    assert ours._fields[0] == "count" and ours.count.dtype == jnp.int32
     # This library counts steps for every algorithm; torch keeps ``step`` only
     # where ``state_names`` lists it (not for SGD or Muon).
-    assert set(ours) - {"step"} == set(state_names) - {"step"}, (
-        sorted(ours),
+    assert list(ours._fields[1:]) == [n for n in state_names if n != "step"], (
+        ours._fields,
         state_names,
     )
     for i, tensor in enumerate(tensors):
         theirs = torch_optimizer.state[tensor]
-        created = [n for n in state_names if ours[n][i] is not None]
+        created = [n for n in state_names if _leaf_entry(ours, n, i) is not None]
         assert list(theirs) == created, i
         for name in created:
             if name in skip:
                 continue
-            actual, expected = to_numpy(ours[name][i]), to_numpy(theirs[name])
+            actual = to_numpy(_leaf_entry(ours, name, i))
+            expected = to_numpy(theirs[name])
             assert actual.shape == expected.shape, (name, i)
             # One rounding difference in a bfloat16 state entry is an ulp of its
             # largest element, which may be well above 1.

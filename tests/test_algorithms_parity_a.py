@@ -204,7 +204,7 @@ def test_adagrad_state_is_created_at_construction(dtype):
     state = fo.adagrad(initial_accumulator_value=0.25).init(
         [to_jax(p, dtype) for p in params]
     )
-    for tensor, ours in zip(tensors, state["sum"]):
+    for tensor, ours in zip(tensors, state.sum):
         np.testing.assert_array_equal(
             to_numpy(ours), to_numpy(optimizer.state[tensor]["sum"])
         )

@@ -160,12 +160,12 @@ def test_rprop_grid_changes_signs_and_hits_the_bounds():
     state = tx.init(params)
     products = []
     for step_grads in grads:
-        state_prev = state["prev"]
+        state_prev = state.prev
         _, state = tx.update([to_jax(g, "float64") for g in step_grads], state, params)
         products += [np.ravel(g * p) for g, p in zip(step_grads, state_prev)]
     products = np.concatenate(products)
     assert (products > 0).any() and (products < 0).any() and (products == 0).any()
-    sizes = np.concatenate([np.ravel(s) for s in state["step_size"]])
+    sizes = np.concatenate([np.ravel(s) for s in state.step_size])
     assert (sizes == 5e-3).any() and (sizes == 1.5e-2).any()
 
 

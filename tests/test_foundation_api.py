@@ -163,8 +163,10 @@ def test_scan_training_loop():
 def test_init_from_abstract_shapes():
     abstract = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32)}
     state = jax.eval_shape(fo.adam(amsgrad=True).init, abstract)
-    assert state["exp_avg"]["w"].shape == (3, 2)
-    assert state["step"]["w"].dtype == jnp.int32
+    assert isinstance(state, fo.AdamState)
+    assert state.exp_avg["w"].shape == (3, 2)
+    assert state.max_exp_avg_sq["w"].shape == (3, 2)
+    assert state.count.shape == () and state.count.dtype == jnp.int32
 
 
 # --- clipping ------------------------------------------------------------------------

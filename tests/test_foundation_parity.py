@@ -152,7 +152,7 @@ def test_dtypes_and_structure_are_preserved():
         assert u.dtype == p.dtype and u.shape == p.shape
     for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
         assert before.dtype == after.dtype and before.shape == after.shape
-    assert set(state) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert state._fields == ("count", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 def test_update_without_params():

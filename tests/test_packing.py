@@ -269,7 +269,7 @@ def test_packed_transform_matches_torch(name):
     )
     tx = fo.packed(getattr(fo, FUNCTIONAL[name])(**options))
     state = tx.init([jnp.asarray(p, dtype) for p in params])
-    assert [len(i) for i in state.indices] == [8]
+    assert [len(i) for i in state.layout.indices] == [8]
     actual = functional_trajectory(tx, params, grads, dtype)
     assert_trajectories_close(actual, expected, dtype)
 
@@ -309,7 +309,7 @@ def test_packed_transform_composes_and_checks_its_input():
     with pytest.raises(TypeError, match=r"grads\[1\] is None: a packed leaf"):
         tx.update(grads, tx.init(params), params)
     traced = jax.jit(tx.init)(params)  # no devices to read: every leaf alone
-    assert traced.indices == () and all(s is not None for s in traced.leaves)
+    assert traced.layout.indices == () and all(s is not None for s in traced.leaves)
     # a batch of models: init under the same vmap (the packs' scalars and
     # offsets have no axis to map)
     batched = [jnp.stack([p, p]) for p in params]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, addcmul, mul, nonzero, require
+from .base import Algorithm, Array, Options, add, addcmul, mul, nonzero, require
 from .common import check_foreach_differentiable, require_nonnegative
 
 
@@ -32,11 +34,16 @@ def _step(param, grad, state, o: Options):
     delta = jnp.sqrt(add(state["acc_delta"], eps)) / std * grad
     acc_delta = addcmul(mul(state["acc_delta"], rho), delta, delta, 1 - rho)
     new_param = add(param, delta, -o.lr)
-    return new_param, {
-        "step": state["step"] + 1,
-        "square_avg": square_avg,
-        "acc_delta": acc_delta,
-    }
+    return new_param, {"square_avg": square_avg, "acc_delta": acc_delta}
+
+
+class AdadeltaState(NamedTuple):
+    """The state of :func:`adadelta`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    square_avg: Any
+    acc_delta: Any
 
 
 def adadelta(
@@ -76,8 +83,8 @@ def adadelta(
         and checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``square_avg`` and ``acc_delta`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdadeltaState`.
 
     Example:
       >>> tx = fo.adadelta(lr=1.0, rho=0.9)
@@ -95,5 +102,6 @@ ADADELTA = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "square_avg", "acc_delta"),
+    state_type=AdadeltaState,
     elementwise=True,
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
 from .base import (
     Algorithm,
+    Array,
     Options,
     add,
     lerp_kernel,
@@ -70,6 +73,15 @@ def _mean_square(grad, axis: int):
     return norm * norm / grad.shape[axis]
 
 
+def _scalars(step, scalar_state, o: Options):
+    # Scalars in Python double, as torch computes them from .item() values.
+    step_float = step.astype(scalar_dtype())
+    return {
+        "one_minus_beta2_t": step_float**o.beta2_decay,
+        "rho_t": jnp.minimum(o.lr, 1 / jnp.sqrt(step_float)),
+    }, {}
+
+
 def _step(param, grad, state, o: Options):
     if jnp.iscomplexobj(param):
         raise RuntimeError("Adafactor does not support complex parameters")
@@ -82,13 +94,8 @@ def _step(param, grad, state, o: Options):
     if eps1 is None:
         eps1 = float(jnp.finfo(dtype).eps)
     lr = o.lr
-    step = state["step"] + 1
-    step_float = step.astype(scalar_dtype())
-
-    # Scalars in Python double, as torch computes them from .item() values.
-    one_minus_beta2_t = step_float**o.beta2_decay
-    rho_t = jnp.minimum(lr, 1 / jnp.sqrt(step_float))
-    alpha = jnp.maximum(eps2, _norm(param) / param.size**0.5) * rho_t
+    one_minus_beta2_t = o.one_minus_beta2_t
+    alpha = jnp.maximum(eps2, _norm(param) / param.size**0.5) * o.rho_t
 
     if nonzero(o.weight_decay):
         param = mul(param, 1 - lr * o.weight_decay)
@@ -110,11 +117,21 @@ def _step(param, grad, state, o: Options):
     denom = jnp.maximum(1.0, _norm(update) / (update.size**0.5 * o.d))
     new_param = add(param, update, -alpha / denom)
     return new_param, {
-        "step": step,
         "row_var": row_var,
         "col_var": col_var,
         "variance": variance,
     }
+
+
+class AdafactorState(NamedTuple):
+    """The state of :func:`adafactor`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params (``row_var`` and ``col_var`` for
+    leaves of 2 or more dims, ``variance`` for the others, None elsewhere)."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    row_var: Any
+    col_var: Any
+    variance: Any
 
 
 def adafactor(
@@ -165,9 +182,8 @@ def adafactor(
       foreach: torch's implementation flag, accepted.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``row_var`` and ``col_var`` (leaves of 2 or more dims) or
-      ``variance`` (other leaves); the entries a leaf does not have are ``None``.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdafactorState`.
 
     Example:
       >>> tx = fo.adafactor(lr=1e-2)
@@ -185,6 +201,8 @@ ADAFACTOR = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "row_var", "col_var", "variance"),
+    state_type=AdafactorState,
+    scalars=_scalars,
     complex_as_real=False,  # torch rejects complex parameters
     reads_params=lambda options: True,  # the step size scales with RMS(param)
 )

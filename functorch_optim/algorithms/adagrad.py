@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -9,6 +11,7 @@ from ..core import GradientTransformation
 from ..functional import make_transform
 from .base import (
     Algorithm,
+    Array,
     Options,
     add,
     addcdiv,
@@ -51,16 +54,26 @@ def _init(param, o: Options) -> dict:
     return {"sum": jnp.full_like(param, value)}
 
 
+def _scalars(step, scalar_state, o: Options):
+    return {"clr": o.lr / (1 + (step - 1) * o.lr_decay)}, {}
+
+
 def _step(param, grad, state, o: Options):
-    step = state["step"] + 1
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
-    clr = o.lr / (1 + (step - 1) * o.lr_decay)
     state_sum = addcmul(state["sum"], grad, grad)
     std = add(jnp.sqrt(state_sum), o.eps)
-    new_param = addcdiv(param, grad, std, -clr)
-    return new_param, {"step": step, "sum": state_sum}
+    new_param = addcdiv(param, grad, std, -o.clr)
+    return new_param, {"sum": state_sum}
+
+
+class AdagradState(NamedTuple):
+    """The state of :func:`adagrad`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    sum: Any
 
 
 def adagrad(
@@ -104,8 +117,8 @@ def adagrad(
         torch's fused kernel does); XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step`` and ``sum`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdagradState`.
 
     Example:
       >>> tx = fo.adagrad(lr=0.1, lr_decay=1e-3, initial_accumulator_value=0.1)
@@ -123,6 +136,8 @@ ADAGRAD = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "sum"),
+    state_type=AdagradState,
+    scalars=_scalars,
     elementwise=True,
     sparse_grads="densify",
     sparse_grad_message=lambda o: (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, addcdiv, check_fused_flags
+from .base import Algorithm, Array, Options, add, addcdiv, check_fused_flags
 from .common import (
     adam_moments,
     apply_weight_decay,
@@ -54,17 +56,21 @@ def _init(param, o: Options) -> dict:
     }
 
 
+def _scalars(step, scalar_state, o: Options):
+    beta1, beta2 = o.betas
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    return {
+        "step_size": o.lr / bias_correction1,
+        "bias_correction2_sqrt": bias_correction2**0.5,
+    }, {}
+
+
 def _step(param, grad, state, o: Options):
     beta1, beta2 = o.betas
-    step = state["step"] + 1
     grad = -grad if o.maximize else grad
     param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
-
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = o.lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
 
     max_exp_avg_sq = state["max_exp_avg_sq"]
     if o.amsgrad:
@@ -72,14 +78,27 @@ def _step(param, grad, state, o: Options):
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
-    denom = add(div(jnp.sqrt(second_moment), bias_correction2_sqrt), o.eps)
-    new_param = addcdiv(param, exp_avg, denom, -step_size)
+    denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
+    new_param = addcdiv(param, exp_avg, denom, -o.step_size)
     return new_param, {
-        "step": step,
         "exp_avg": exp_avg,
         "exp_avg_sq": exp_avg_sq,
         "max_exp_avg_sq": max_exp_avg_sq,
     }
+
+
+class AdamState(NamedTuple):
+    """The state of :func:`adam` and :func:`adamw`: the step count and torch's
+    per-parameter moments, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    exp_avg: Any
+    exp_avg_sq: Any
+    max_exp_avg_sq: Any  # None without amsgrad
+
+
+# torch's AdamW is Adam with another default: one state type for both.
+AdamWState = AdamState
 
 
 _MATH = r"""
@@ -150,8 +169,9 @@ adam.__doc__ = (
         adding the decay to the gradient.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad).
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdamState` (``count``, ``exp_avg``, ``exp_avg_sq``,
+      ``max_exp_avg_sq`` with amsgrad).
 
     Example:
       >>> tx = fo.adam(lr=1e-3)
@@ -167,7 +187,8 @@ adamw.__doc__ = (
     + _ARGS
     + """
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with Adam's state.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdamState`.
 
     Example:
       >>> tx = fo.chain(fo.clip_grad_norm(1.0), fo.adamw(lr=3e-4, weight_decay=0.1))
@@ -189,6 +210,8 @@ ADAM = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    state_type=AdamState,
+    scalars=_scalars,
     sparse_grad_message=_sparse_grad_message,
     elementwise=True,
 )
@@ -200,6 +223,8 @@ ADAMW = Algorithm(
     step=_step,
     validate=_validate,
     state_names=_ADAM_STATE,
+    state_type=AdamState,
+    scalars=_scalars,
     sparse_grad_message=_sparse_grad_message,
     elementwise=True,
     fixed={"decoupled_weight_decay": True},

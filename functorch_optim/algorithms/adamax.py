@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, addcdiv, lerp_kernel, mul, nonzero
+from .base import Algorithm, Array, Options, add, addcdiv, lerp_kernel, mul, nonzero
 from .common import validate_adam_like
 
 
@@ -14,17 +16,28 @@ def _init(param, o: Options) -> dict:
     return {"exp_avg": jnp.zeros_like(param), "exp_inf": jnp.zeros_like(param)}
 
 
+def _scalars(step, scalar_state, o: Options):
+    return {"clr": o.lr / (1 - o.betas[0] ** step)}, {}
+
+
 def _step(param, grad, state, o: Options):
     beta1, beta2 = o.betas
-    step = state["step"] + 1
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
     exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
     exp_inf = jnp.maximum(mul(state["exp_inf"], beta2), add(jnp.abs(grad), o.eps))
-    clr = o.lr / (1 - beta1**step)
-    new_param = addcdiv(param, exp_avg, exp_inf, -clr)
-    return new_param, {"step": step, "exp_avg": exp_avg, "exp_inf": exp_inf}
+    new_param = addcdiv(param, exp_avg, exp_inf, -o.clr)
+    return new_param, {"exp_avg": exp_avg, "exp_inf": exp_inf}
+
+
+class AdamaxState(NamedTuple):
+    """The state of :func:`adamax`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    exp_avg: Any
+    exp_inf: Any
 
 
 def adamax(
@@ -64,8 +77,8 @@ def adamax(
         and checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``exp_avg`` and ``exp_inf`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`AdamaxState`.
 
     Example:
       >>> tx = fo.adamax(lr=2e-3)
@@ -83,5 +96,7 @@ ADAMAX = Algorithm(
     step=_step,
     validate=validate_adam_like,
     state_names=("step", "exp_avg", "exp_inf"),
+    state_type=AdamaxState,
+    scalars=_scalars,
     elementwise=True,
 )

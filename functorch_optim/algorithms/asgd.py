@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Options, add, mul, nonzero
+from .base import Algorithm, Array, Options, add, mul, nonzero
 from .common import (
     TORCH_SCALAR_DTYPE,
     check_foreach_differentiable,
@@ -20,41 +22,55 @@ def _validate(o: Options) -> None:
 
 
 def _init(param, o: Options) -> dict:
+    return {"ax": jnp.zeros_like(param)}
+
+
+def _init_scalars(o: Options) -> dict:
     # torch keeps eta and mu as scalar tensors per parameter, eta starting at the
     # group's lr when the state is created.
     return {
         "eta": jnp.reshape(jnp.asarray(o.lr, TORCH_SCALAR_DTYPE), ()),
         "mu": jnp.ones((), TORCH_SCALAR_DTYPE),
-        "ax": jnp.zeros_like(param),
+    }
+
+
+def _scalars(step, scalar_state, o: Options):
+    lr, lambd = o.lr, o.lambd
+    new_eta = lr / ((1 + lambd * lr * step) ** o.alpha)
+    new_mu = 1 / jnp.maximum(1, step - o.t0)
+    # torch reads eta with .item(): the float32 value, then Python arithmetic.
+    return {
+        "eta": scalar_state["eta"].astype(scalar_dtype()),
+        "mu": scalar_state["mu"],
+    }, {
+        "eta": jnp.asarray(new_eta, TORCH_SCALAR_DTYPE),
+        "mu": jnp.asarray(new_mu, TORCH_SCALAR_DTYPE),
     }
 
 
 def _step(param, grad, state, o: Options):
-    lr, lambd = o.lr, o.lambd
-    step = state["step"] + 1
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
-
-    # torch reads eta with .item(): the float32 value, then Python arithmetic.
-    eta = state["eta"].astype(scalar_dtype())
-    param = mul(param, 1 - lambd * eta)
-    param = add(param, grad, -eta)
+    param = mul(param, 1 - o.lambd * o.eta)
+    param = add(param, grad, -o.eta)
 
     # torch copies the parameter while mu is exactly 1 (before t0) and averages
     # after; the copy is not the same bits as ax + (param - ax) * 1.
-    mu = state["mu"]
     ax = state["ax"]
-    ax = jnp.where(mu != 1, add(ax, mul(param - ax, mu)), param)
+    ax = jnp.where(o.mu != 1, add(ax, mul(param - ax, o.mu)), param)
+    return param, {"ax": ax}
 
-    new_eta = lr / ((1 + lambd * lr * step) ** o.alpha)
-    new_mu = 1 / jnp.maximum(1, step - o.t0)
-    return param, {
-        "step": step,
-        "eta": jnp.asarray(new_eta, TORCH_SCALAR_DTYPE),
-        "mu": jnp.asarray(new_mu, TORCH_SCALAR_DTYPE),
-        "ax": ax,
-    }
+
+class ASGDState(NamedTuple):
+    """The state of :func:`asgd`: the step count, torch's ``eta`` and ``mu``
+    (float32 scalars, once: torch's per-parameter values are all equal) and the
+    average ``ax``, a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    eta: Array
+    mu: Array
+    ax: Any
 
 
 def asgd(
@@ -83,8 +99,8 @@ def asgd(
         \mu_t &\leftarrow 1 / \max(1, t - t_0)
 
     :math:`a_t` (``ax``) is the running average of the iterates; the parameters
-    themselves follow the SGD path. ``eta`` and ``mu`` are float32 scalars per leaf,
-    as torch keeps them (its default scalar dtype), and their rounding is part of
+    themselves follow the SGD path. ``eta`` and ``mu`` are float32 scalars, as torch
+    keeps them (its default scalar dtype), and their rounding is part of
     torch's trajectory.
 
     Args:
@@ -99,15 +115,15 @@ def asgd(
         and checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``eta``, ``mu`` (scalars) and ``ax`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is an
+      :class:`ASGDState`.
 
     Example:
       >>> tx = fo.asgd(lr=0.01, t0=100.0)
       >>> state = tx.init(params)
       >>> updates, state = tx.update(grads, state, params)
       >>> params = fo.apply_updates(params, updates)
-      >>> averaged = state["ax"]
+      >>> averaged = state.ax
     """
     return make_transform(ASGD, locals())
 
@@ -119,6 +135,10 @@ ASGD = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "eta", "mu", "ax"),
+    state_type=ASGDState,
+    scalars=_scalars,
+    init_scalars=_init_scalars,
+    scalar_names=("eta", "mu"),
     elementwise=True,
     reads_params=lambda options: True,  # the decay term and ax read the parameters
 )

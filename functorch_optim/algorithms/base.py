@@ -9,14 +9,25 @@ this one definition.
 
 Rule conventions
 ----------------
+A rule is split in two: the scalar part of a step, evaluated once per step for all
+leaves of a transform (bias corrections, schedules, the per-parameter scalars torch
+keeps such as ASGD's ``eta``), and the per-leaf part, the array math.
+
 ``init(param, options) -> dict``
-    The per-leaf state torch would create at its first step, under torch's names,
-    without ``step`` (the runner adds ``step``, an int32 count starting at 0). A
-    state entry torch does not create for this leaf is ``None``.
+    The per-leaf array state torch would create at its first step, under torch's
+    names, without ``step`` or the scalar entries. An entry torch does not create
+    for this leaf is ``None``.
+``init_scalars(options) -> dict``
+    The per-parameter scalar entries (``scalar_names``) torch creates, equal for
+    every leaf of a transform; ``{}`` for most algorithms.
+``scalars(step, scalar_state, options) -> (values, new_scalar_state)``
+    The scalar part of one torch ``step()``. ``step`` is the count after this step
+    (an int32 scalar), ``scalar_state`` the scalar entries before it. ``values``
+    are the per-step numbers the per-leaf part reads (merged into its ``options``).
 ``step(param, grad, state, options) -> (new_param, new_state)``
-    One torch ``step()`` for one leaf. ``state['step']`` is the count before this
-    step; the rule returns the incremented count. ``new_param`` is the parameter
-    torch holds afterwards, computed in torch's order of operations.
+    The per-leaf part of one torch ``step()``: ``state`` holds the array entries,
+    ``options`` the group's options with the step's ``values``. ``new_param`` is
+    the parameter torch holds afterwards, computed in torch's order of operations.
 ``options``
     An :class:`Options` of the group's hyperparameters under torch's keyword names.
     Numeric values are Python numbers (constants), JAX scalars (traced, so changing
@@ -51,6 +62,37 @@ class Options(dict):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class StaticDefault:
+    """An integer default as a functional constructor's signature shows it.
+
+    ``optax.inject_hyperparams`` turns every number it finds in a signature into a
+    traced hyperparameter. torch's integer defaults are the zeros it branches on
+    (``weight_decay=0``: no decay term, so no params read; ``momentum=0``: no
+    buffer) and loop counts (Muon's ``ns_steps``): traced, a zero could no longer
+    be told apart from a nonzero value, nor a count unrolled. Shown as this
+    object, such a default is passed through as it is, a Python constant; it
+    prints and compares as its value.
+    """
+
+    value: int
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return self.value == (
+            other.value if isinstance(other, StaticDefault) else other
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def _unwrapped(value: Any) -> Any:
+    return value.value if isinstance(value, StaticDefault) else value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Algorithm:
     """One torch.optim algorithm: its signature, validation, state and step rule.
 
@@ -58,12 +100,19 @@ class Algorithm:
       name: torch's class name (``"Adam"``).
       functional: the public functional constructor (``adam``); its signature is the
         single source of the keyword names and defaults of both APIs.
-      init: per-leaf state constructor, see the module docstring.
-      step: per-leaf step rule, see the module docstring.
+      init: per-leaf array state constructor, see the module docstring.
+      step: per-leaf part of the step rule, see the module docstring.
       validate: raises torch's exception for invalid options (it sees the options as
         given; schedules and traced values are skipped by :func:`require`).
       state_names: torch's per-parameter state keys, in torch's order. ``step`` is
         listed only where torch keeps it.
+      state_type: the functional state, a NamedTuple: ``count`` (int32, steps
+        taken), then ``state_names`` without ``step``, each a tree shaped like the
+        params (None where torch creates none), the scalar entries once. None for
+        L-BFGS, which has no per-leaf rule.
+      scalars: scalar part of the step rule, see the module docstring.
+      init_scalars: scalar state constructor, see the module docstring.
+      scalar_names: the keys of ``init_scalars``' result.
       complex_as_real: run the rule on ``view_as_real`` views of complex leaves, as
         torch does for this algorithm.
       reads_params: ``reads_params(options)`` is False when the update does not
@@ -89,6 +138,12 @@ class Algorithm:
     step: Callable[[Array, Array, dict, Options], tuple[Array, dict]]
     validate: Callable[[Options], None]
     state_names: tuple[str, ...]
+    state_type: Any = None
+    scalars: Callable[[Array, dict, Options], tuple[dict, dict]] = (
+        lambda step, scalar_state, options: ({}, {})
+    )
+    init_scalars: Callable[[Options], dict] = lambda options: {}
+    scalar_names: tuple[str, ...] = ()
     complex_as_real: bool = True
     reads_params: Callable[[Options], bool] = lambda options: nonzero(
         options.get("weight_decay", 0.0)
@@ -98,11 +153,28 @@ class Algorithm:
     sparse_grad_message: Callable[[Options], str | None] | None = None
     elementwise: bool = False
 
+    def __post_init__(self) -> None:
+        if self.state_type is None:
+            return
+        # The functional's signature shows its integer defaults as StaticDefault,
+        # so optax.inject_hyperparams keeps them static.
+        signature = inspect.signature(self.functional)
+        parameters = [
+            p.replace(default=StaticDefault(p.default)) if type(p.default) is int else p
+            for p in signature.parameters.values()
+        ]
+        # inspect reads a function's __signature__, which typeshed does not declare
+        self.functional.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=parameters
+        )
+
     @property
     def defaults(self) -> dict[str, Any]:
         """torch's constructor keywords and defaults, in torch's order."""
         signature = inspect.signature(self.functional).parameters
-        return {name: p.default for name, p in signature.items()} | dict(self.fixed)
+        return {name: _unwrapped(p.default) for name, p in signature.items()} | dict(
+            self.fixed
+        )
 
     def sparse_grad_error(self, options: Options) -> str | None:
         """torch's error for a sparse gradient with these options, if it has one."""
@@ -115,6 +187,7 @@ class Algorithm:
     def options(self, given: Mapping[str, Any]) -> Options:
         """Fill defaults, check unknown names, and validate as torch's constructor."""
         defaults = self.defaults
+        given = {k: _unwrapped(v) for k, v in given.items()}
         unknown = set(given) - set(defaults)
         if unknown:
             raise TypeError(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, lerp_kernel, mul, require
+from .base import Algorithm, Array, Options, add, lerp_kernel, mul, require
 
 # torch's defaults, from Keller Jordan's Muon.
 EPS = 1e-7
@@ -75,10 +76,13 @@ def zeropower_via_newtonschulz(grad, ns_coefficients, ns_steps: int, eps: float)
     Every product is rounded to bfloat16 where torch rounds it: each ``addmm``
     accumulates in float32 and is rounded once.
     """
-    if ns_steps >= 100:
-        raise ValueError(
-            "Number of steps must be less than 100 for computational efficiency"
-        )
+    # A traced count (optax.inject_hyperparams makes one of a given int) cannot
+    # be checked; fori_loop runs it.
+    require(
+        lambda v: v < 100,
+        ns_steps,
+        "Number of steps must be less than 100 for computational efficiency",
+    )
     if grad.ndim != 2:
         raise ValueError("Input tensor gradient must be a 2D matrix")
     if len(ns_coefficients) != 3:
@@ -126,7 +130,15 @@ def _step(param, grad, state, o: Options):
     param = mul(param, 1 - o.lr * o.weight_decay)
     # param (any float dtype) + bf16 update: torch promotes, then adds in opmath.
     new_param = add(param, ortho, -lr)
-    return new_param, {"step": state["step"] + 1, "momentum_buffer": buf}
+    return new_param, {"momentum_buffer": buf}
+
+
+class MuonState(NamedTuple):
+    """The state of :func:`muon`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    momentum_buffer: Any
 
 
 def muon(
@@ -169,8 +181,8 @@ def muon(
       adjust_lr_fn: None, ``"original"`` or ``"match_rms_adamw"``.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``momentum_buffer`` (and this library's ``step`` count).
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`MuonState`.
 
     Example:
       >>> tx = fo.muon(lr=0.02, momentum=0.95)
@@ -188,5 +200,6 @@ MUON = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("momentum_buffer",),  # torch's Muon keeps no step
+    state_type=MuonState,
     complex_as_real=False,  # torch rejects complex parameters
 )

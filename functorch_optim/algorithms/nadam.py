@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Options, add, addcdiv
+from .base import Algorithm, Array, Options, add, addcdiv
 from .common import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
@@ -21,11 +23,11 @@ def _validate(o: Options) -> None:
 
 
 def _init(param, o: Options) -> dict:
-    return {
-        "mu_product": jnp.ones((), TORCH_SCALAR_DTYPE),
-        "exp_avg": jnp.zeros_like(param),
-        "exp_avg_sq": jnp.zeros_like(param),
-    }
+    return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
+
+
+def _init_scalars(o: Options) -> dict:
+    return {"mu_product": jnp.ones((), TORCH_SCALAR_DTYPE)}
 
 
 def _momentum_cache(beta1, step, momentum_decay):
@@ -33,34 +35,45 @@ def _momentum_cache(beta1, step, momentum_decay):
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
-def _step(param, grad, state, o: Options):
+def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
     lr = o.lr
-    step = state["step"] + 1
-    grad = -grad if o.maximize else grad
-    bias_correction2 = 1 - beta2**step
-    param, grad = apply_weight_decay(param, grad, o)
-
     mu = _momentum_cache(beta1, step, o.momentum_decay)
     mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
-    # torch multiplies its float32 mu_product tensor in place, then reads it back
-    # with .item() for Python arithmetic.
-    mu_product = (state["mu_product"] * mu).astype(TORCH_SCALAR_DTYPE)
+    # torch multiplies its float32 mu_product tensor in place (in float32, mu
+    # rounded to it; also when mu is a float64 array, as optax.inject_hyperparams
+    # makes of momentum_decay), then reads it back with .item() for Python
+    # arithmetic.
+    mu_product = scalar_state["mu_product"] * jnp.asarray(mu, TORCH_SCALAR_DTYPE)
     mu_product_value = mu_product.astype(scalar_dtype())
     mu_product_next = mu_product_value * mu_next
+    return {
+        "bias_correction2": 1 - beta2**step,
+        "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product_value),
+        "exp_avg_coefficient": (-lr * mu_next) / (1.0 - mu_product_next),
+    }, {"mu_product": mu_product}
 
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    grad = -grad if o.maximize else grad
+    param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
-    denom = add(jnp.sqrt(div(exp_avg_sq, bias_correction2)), o.eps)
-    grad_coefficient = -lr * (1.0 - mu) / (1.0 - mu_product_value)
-    exp_avg_coefficient = (-lr * mu_next) / (1.0 - mu_product_next)
-    param = addcdiv(param, grad, denom, grad_coefficient)
-    param = addcdiv(param, exp_avg, denom, exp_avg_coefficient)
-    return param, {
-        "step": step,
-        "mu_product": mu_product,
-        "exp_avg": exp_avg,
-        "exp_avg_sq": exp_avg_sq,
-    }
+    denom = add(jnp.sqrt(div(exp_avg_sq, o.bias_correction2)), o.eps)
+    param = addcdiv(param, grad, denom, o.grad_coefficient)
+    param = addcdiv(param, exp_avg, denom, o.exp_avg_coefficient)
+    return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+class NAdamState(NamedTuple):
+    """The state of :func:`nadam`: the step count, torch's ``mu_product`` (a
+    float32 scalar, once: torch's per-parameter values are all equal) and the
+    moments, trees shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    mu_product: Array
+    exp_avg: Any
+    exp_avg_sq: Any
 
 
 def nadam(
@@ -92,8 +105,8 @@ def nadam(
         \theta_t &\leftarrow \theta - \gamma \frac{1 - \mu_t}{1 - \Pi_t} \frac{g_t}{d_t}
             - \gamma \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}} \frac{m_t}{d_t}
 
-    :math:`\Pi_t` (``mu_product``) is a float32 scalar per leaf, as torch keeps it,
-    and its rounding is part of torch's trajectory.
+    :math:`\Pi_t` (``mu_product``) is a float32 scalar, as torch keeps it, and its
+    rounding is part of torch's trajectory.
 
     Args:
       lr: learning rate :math:`\gamma` (float, JAX scalar or schedule
@@ -109,8 +122,8 @@ def nadam(
         and checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``mu_product``, ``exp_avg`` and ``exp_avg_sq`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`NAdamState`.
 
     Example:
       >>> tx = fo.nadam(lr=2e-3, weight_decay=0.01, decoupled_weight_decay=True)
@@ -128,5 +141,9 @@ NADAM = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "mu_product", "exp_avg", "exp_avg_sq"),
+    state_type=NAdamState,
+    scalars=_scalars,
+    init_scalars=_init_scalars,
+    scalar_names=("mu_product",),
     elementwise=True,
 )

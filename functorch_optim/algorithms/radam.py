@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, add, mul
+from .base import Algorithm, Array, Options, add, mul
 from .common import adam_moments, apply_weight_decay, div, validate_adam_like
 
 
@@ -14,17 +16,9 @@ def _init(param, o: Options) -> dict:
     return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
 
 
-def _step(param, grad, state, o: Options):
+def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
-    lr = o.lr
-    step = state["step"] + 1
-    grad = -grad if o.maximize else grad
-    param, grad = apply_weight_decay(param, grad, o)
-    exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
-
-    bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    bias_corrected_exp_avg = div(exp_avg, bias_correction1)
 
     # Length of the approximated simple moving average: its limit and its value now.
     rho_inf = 2 / (1 - beta2) - 1
@@ -40,12 +34,35 @@ def _step(param, grad, state, o: Options):
         ** 0.5,
         1.0,
     )
+    return {
+        "bias_correction1": 1 - beta1**step,
+        "bias_correction2_sqrt": bias_correction2**0.5,
+        "rectify": rectify,
+        "rect": rect,
+    }, {}
+
+
+def _step(param, grad, state, o: Options):
+    beta1, beta2 = o.betas
+    grad = -grad if o.maximize else grad
+    param, grad = apply_weight_decay(param, grad, o)
+    exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
+    bias_corrected_exp_avg = div(exp_avg, o.bias_correction1)
     # torch's ``float / tensor`` is ``tensor.reciprocal() * float``.
-    adaptive_lr = mul(1 / add(jnp.sqrt(exp_avg_sq), o.eps), bias_correction2**0.5)
-    unrectified = mul(bias_corrected_exp_avg, lr)
-    rectified = mul(unrectified * adaptive_lr, rect)
-    new_param = add(param, jnp.where(rectify, rectified, unrectified), -1.0)
-    return new_param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    adaptive_lr = mul(1 / add(jnp.sqrt(exp_avg_sq), o.eps), o.bias_correction2_sqrt)
+    unrectified = mul(bias_corrected_exp_avg, o.lr)
+    rectified = mul(unrectified * adaptive_lr, o.rect)
+    new_param = add(param, jnp.where(o.rectify, rectified, unrectified), -1.0)
+    return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+class RAdamState(NamedTuple):
+    """The state of :func:`radam`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    exp_avg: Any
+    exp_avg_sq: Any
 
 
 def radam(
@@ -95,8 +112,8 @@ def radam(
         and checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``exp_avg`` and ``exp_avg_sq`` per leaf.
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`RAdamState`.
 
     Example:
       >>> tx = fo.radam(lr=1e-3, weight_decay=0.01, decoupled_weight_decay=True)
@@ -114,5 +131,7 @@ RADAM = Algorithm(
     step=_step,
     validate=validate_adam_like,
     state_names=("step", "exp_avg", "exp_avg_sq"),
+    state_type=RAdamState,
+    scalars=_scalars,
     elementwise=True,
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
 from .base import (
     Algorithm,
+    Array,
     Options,
     add,
     addcdiv,
@@ -57,11 +60,20 @@ def _step(param, grad, state, o: Options):
     else:
         new_param = addcdiv(param, grad, avg, -o.lr)
     return new_param, {
-        "step": state["step"] + 1,
         "square_avg": square_avg,
         "momentum_buffer": buf,
         "grad_avg": grad_avg,
     }
+
+
+class RMSpropState(NamedTuple):
+    """The state of :func:`rmsprop`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    square_avg: Any
+    momentum_buffer: Any  # None without momentum
+    grad_avg: Any  # None unless centered
 
 
 def rmsprop(
@@ -108,9 +120,8 @@ def rmsprop(
         XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0) and ``grad_avg``
-      (centered).
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`RMSpropState`.
 
     Example:
       >>> tx = fo.rmsprop(lr=1e-2, momentum=0.9, centered=True)
@@ -128,5 +139,6 @@ RMSPROP = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "square_avg", "momentum_buffer", "grad_avg"),
+    state_type=RMSpropState,
     elementwise=True,
 )

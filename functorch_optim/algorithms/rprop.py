@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Options, known_value
+from .base import Algorithm, Array, Options, known_value
 from .common import require_nonnegative
 
 
@@ -53,7 +55,16 @@ def _step(param, grad, state, o: Options):
     # After a sign change the gradient is forgotten: no move now, no sign next time.
     grad = jnp.where(factor == etaminus_t, jnp.zeros((), dtype), grad)
     new_param = param - _torch_sign(grad) * step_size
-    return new_param, {"step": state["step"] + 1, "prev": grad, "step_size": step_size}
+    return new_param, {"prev": grad, "step_size": step_size}
+
+
+class RpropState(NamedTuple):
+    """The state of :func:`rprop`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    prev: Any
+    step_size: Any
 
 
 def rprop(
@@ -94,8 +105,8 @@ def rprop(
         XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` with torch's state
-      ``step``, ``prev`` and ``step_size``.
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`RpropState`.
 
     Example:
       >>> tx = fo.rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
@@ -113,6 +124,7 @@ RPROP = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "prev", "step_size"),
+    state_type=RpropState,
     elementwise=True,
     # The step needs grad * prev, not the parameter values.
     reads_params=lambda options: False,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
 from .base import (
     Algorithm,
+    Array,
     Options,
     check_fused_flags,
     known_value,
@@ -38,6 +41,10 @@ def _init(param, o: Options) -> dict:
     return {"momentum_buffer": jnp.zeros_like(param) if nonzero(o.momentum) else None}
 
 
+def _scalars(step, scalar_state, o: Options):
+    return {"first_step": step == 1}, {}
+
+
 def _step(param, grad, state, o: Options):
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
@@ -45,12 +52,18 @@ def _step(param, grad, state, o: Options):
     buf = state["momentum_buffer"]
     if nonzero(o.momentum):
         # torch's first step copies the gradient into the buffer, undampened.
-        buf = jnp.where(
-            state["step"] == 0, grad, buf * o.momentum + (1 - o.dampening) * grad
-        )
+        buf = jnp.where(o.first_step, grad, buf * o.momentum + (1 - o.dampening) * grad)
         grad = grad + o.momentum * buf if o.nesterov else buf
     new_param = param - o.lr * grad
-    return new_param, {"step": state["step"] + 1, "momentum_buffer": buf}
+    return new_param, {"momentum_buffer": buf}
+
+
+class SGDState(NamedTuple):
+    """The state of :func:`sgd`: the step count and torch's per-parameter
+    entries, each a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    momentum_buffer: Any  # None without momentum
 
 
 def sgd(
@@ -88,8 +101,8 @@ def sgd(
         checked as torch checks them; XLA compiles one fused step either way.
 
     Returns:
-      A :class:`~functorch_optim.GradientTransformation` whose state holds torch's
-      ``momentum_buffer`` per leaf (when momentum is nonzero) and a ``step`` count.
+      A :class:`~functorch_optim.GradientTransformation` whose state is a
+      :class:`SGDState`.
 
     Example:
       >>> tx = fo.sgd(lr=0.1, momentum=0.9, nesterov=True)
@@ -106,6 +119,8 @@ SGD = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("momentum_buffer",),
+    state_type=SGDState,
+    scalars=_scalars,
     elementwise=True,
     complex_as_real=False,  # every operation of the rule is linear
     sparse_grads="densify",

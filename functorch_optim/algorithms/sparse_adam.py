@@ -7,15 +7,16 @@ holds move the moments and the parameters.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, is_bcoo, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Options, add, mul, require
+from .base import Algorithm, Array, Options, add, mul, require
 
 if TYPE_CHECKING:
     from jax.experimental import sparse
@@ -97,11 +98,10 @@ def _step(param, grad, state, o: Options):
             "SparseAdam does not support dense gradients, please consider Adam instead"
         )
     beta1, beta2 = o.betas
-    # torch counts the step before it looks at the gradient's entries.
-    step = state["step"] + 1
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    if grad.data.size == 0:  # torch skips the update of an empty gradient
-        return param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    # torch skips the update of an empty gradient (the step still counts).
+    if grad.data.size == 0:
+        return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     from jax.experimental import sparse  # loaded already: grad is a BCOO
 
@@ -141,12 +141,25 @@ def _step(param, grad, state, o: Options):
 
     numer = exp_avg_update + old_exp_avg
     denom = add(jnp.sqrt(exp_avg_sq_update + old_exp_avg_sq), o.eps)
+    new_param = scatter_add(param, mul(numer / denom, -o.step_size))
+    return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def _scalars(step, scalar_state, o: Options):
+    beta1, beta2 = o.betas
     step_float = step.astype(scalar_dtype())  # torch's step is a Python int
     bias_correction1 = 1 - beta1**step_float
     bias_correction2 = 1 - beta2**step_float
-    step_size = o.lr * jnp.sqrt(bias_correction2) / bias_correction1
-    new_param = scatter_add(param, mul(numer / denom, -step_size))
-    return new_param, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    return {"step_size": o.lr * jnp.sqrt(bias_correction2) / bias_correction1}, {}
+
+
+class SparseAdamState(NamedTuple):
+    """The state of :func:`sparse_adam`: the step count and torch's moments, each
+    a tree shaped like the params."""
+
+    count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
+    exp_avg: Any
+    exp_avg_sq: Any
 
 
 def sparse_adam(
@@ -198,6 +211,9 @@ def sparse_adam(
         check_params([jax.tree.leaves(params, is_leaf=is_bcoo)])
         return transform.init(params)
 
+    # wraps: the update carries the transform's algorithm and options
+    # (fo.interop.torch_state_dict reads them)
+    @functools.wraps(transform.update)
     def update(grads, state, params=None, **extra_args):
         if params is None:
             # The dense zeros the update is measured from: a BCOO grad has the
@@ -217,6 +233,8 @@ SPARSE_ADAM = Algorithm(
     step=_step,
     validate=_validate,
     state_names=("step", "exp_avg", "exp_avg_sq"),
+    state_type=SparseAdamState,
+    scalars=_scalars,
     complex_as_real=False,  # torch rejects complex parameters
     reads_params=lambda options: False,
     sparse_grads="native",
