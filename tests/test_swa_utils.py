@@ -130,6 +130,37 @@ def test_averaged_model_matches_torch_every_step(name):
     assert int(ours.n_averaged) == STEPS
 
 
+LOW_PRECISION = {"float32": (1e-6, 1e-6), "bfloat16": (8e-3, 8e-3)}  # one ulp
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize(
+    "name", ["default", "ema_avg_fn", "swa_multi_avg_fn", "ema_multi_avg_fn"]
+)
+def test_low_precision_leaves_match_torch(name, dtype):
+    torch_kwargs, our_kwargs = AVERAGING[name]
+    rng = np.random.default_rng(11)
+    model = torch.nn.Linear(5, 4).to(getattr(torch, dtype))
+    ours = S.AveragedModel(
+        fo.interop.to_jax(dict(model.named_parameters())), **our_kwargs()
+    )
+    theirs = T.AveragedModel(model, **torch_kwargs())
+    for _ in range(STEPS):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.tensor(rng.standard_normal(p.shape)))
+        theirs.update_parameters(model)
+        ours.update_parameters(
+            fo.interop.to_jax({k: v.detach() for k, v in model.named_parameters()})
+        )
+    rtol, atol = LOW_PRECISION[dtype]
+    for key, value in theirs.module.named_parameters():
+        assert ours.module[key].dtype == jnp.dtype(dtype)
+        assert_close(
+            ours.module[key].astype(jnp.float64), value.detach().double(), rtol, atol
+        )
+
+
 def test_update_is_compiled_once():
     traces = []
 
