@@ -370,7 +370,10 @@ def restore(path: str | os.PathLike, like: Any = None) -> Any:
 
             try:
                 with ocp.StandardCheckpointer() as checkpointer:
-                    stored = checkpointer.restore(os.path.join(path, _ARRAYS_DIR))
+                    # orbax takes absolute paths only, as in save()
+                    stored = checkpointer.restore(
+                        os.path.join(os.path.abspath(path), _ARRAYS_DIR)
+                    )
             except Exception as e:
                 raise CheckpointError(
                     f"the arrays of {path} could not be read: {e}"

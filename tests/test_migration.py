@@ -323,10 +323,13 @@ def _assert_same_run(a, b) -> None:
 
 
 @pytest.mark.parametrize("format", ["msgpack", "orbax"])
-def test_checkpoint_of_a_multi_group_run_continues_bit_for_bit(tmp_path, format):
+def test_checkpoint_of_a_multi_group_run_continues_bit_for_bit(
+    tmp_path, monkeypatch, format
+):
     opt, sched = _two_groups()
     _run(opt, sched, range(3))
-    path = tmp_path / "run.ckpt"
+    monkeypatch.chdir(tmp_path)
+    path = "run.ckpt"  # relative, as the README writes it
     checkpoint = {
         "params": opt.params,
         "optimizer": opt.state_dict(),
