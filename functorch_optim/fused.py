@@ -22,10 +22,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import sparse as jsparse
 
 from .algorithms.base import Algorithm, Options, to_complex, to_real
 from .checks import check_grads, check_param_dtypes, leaf_names
+from .core import is_bcoo
 from .sharding import explicit_as_auto, place, place_like
 
 STEP = "step"
@@ -95,7 +95,7 @@ def _cast_like(x: Any, like: Any) -> Any:
 
 def taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:
     """A sparse gradient as the algorithm takes it (see ``Algorithm.sparse_grads``)."""
-    if not isinstance(grad, jsparse.BCOO) or algorithm.sparse_grads == "native":
+    if not is_bcoo(grad) or algorithm.sparse_grads == "native":
         return grad
     error = algorithm.sparse_grad_error(options)
     if error is not None:
