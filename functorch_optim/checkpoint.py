@@ -15,9 +15,10 @@ their type (a facade ``state_dict()`` is keyed by ``int``), tuples stay tuples
 (``betas``), lists stay lists, ``None``, ``bool``, ``int``, ``float`` (``nan`` and
 ``inf`` included), ``str`` and ``complex`` come back as themselves, and arrays come
 back with their dtype (``bfloat16`` and ``complex64`` included), shape and kind
-(JAX array or NumPy array). Other pytree nodes (flax ``nnx.State``, optax's
-namedtuple states, dataclasses) are stored as their leaves and need ``like=`` to be
-rebuilt, as with orbax.
+(JAX array or NumPy array), and this library's own NamedTuple states
+(``fo.AdamState``, ...) as themselves. Other pytree nodes (flax ``nnx.State``,
+optax's namedtuple states, dataclasses) are stored as their leaves and need
+``like=`` to be rebuilt, as with orbax.
 
 Example::
 
@@ -99,6 +100,13 @@ def _encode(x: Any, arrays: list | None, path: str) -> Any:
             type(x).__name__,
             [_encode(v, arrays, f"{path}[{i}]") for i, v in enumerate(x)],
         ]
+    if _is_own_state(x):
+        return [
+            "namedtuple",
+            type(x).__module__,
+            type(x).__qualname__,
+            [_encode(v, arrays, f"{path}.{f}") for f, v in zip(x._fields, x)],
+        ]
     leaves, treedef = jax.tree.flatten(x)
     # not a pytree node (jaxlib ships no stubs for PyTreeDef)
     if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # type: ignore[attr-defined]
@@ -111,6 +119,39 @@ def _encode(x: Any, arrays: list | None, path: str) -> Any:
         type(x).__qualname__,
         [_encode(v, arrays, f"{path}<leaf {i}>") for i, v in enumerate(leaves)],
     ]
+
+
+def _is_own_state(x: Any) -> bool:
+    """A NamedTuple of this library (``fo.AdamState``, ...): recorded by its class
+    name and rebuilt without ``like``."""
+    cls = type(x)
+    return (
+        isinstance(x, tuple)
+        and hasattr(cls, "_fields")
+        and cls.__module__.split(".")[0] == __name__.split(".")[0]
+        and "<" not in cls.__qualname__
+    )
+
+
+def _own_state_class(module: str, qualname: str) -> Any:
+    """The class :func:`_is_own_state` recorded; only this library's modules are
+    imported (a checkpoint names no code elsewhere to run)."""
+    import importlib
+
+    if module.split(".")[0] != __name__.split(".")[0]:
+        raise CheckpointError(f"the checkpoint names a state class of {module!r}")
+    try:
+        cls: Any = importlib.import_module(module)
+        for name in qualname.split("."):
+            cls = getattr(cls, name)
+    except (ImportError, AttributeError) as e:
+        raise CheckpointError(
+            f"the checkpoint's state class {module}.{qualname} does not exist in "
+            "this functorch_optim"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, tuple)):
+        raise CheckpointError(f"{module}.{qualname} is not a state class")
+    return cls
 
 
 class _Node:
@@ -147,6 +188,15 @@ def _decode(x: Any, arrays: dict | None) -> Any:
         return tuple(_decode(v, arrays) for v in x[1])
     if tag == "node":
         return _Node(x[1], [_decode(v, arrays) for v in x[2]])
+    if tag == "namedtuple":
+        cls = _own_state_class(x[1], x[2])
+        fields = [_decode(v, arrays) for v in x[3]]
+        if len(fields) != len(cls._fields):
+            raise CheckpointError(
+                f"the checkpoint's {x[2]} has {len(fields)} fields, this "
+                f"functorch_optim's {len(cls._fields)}"
+            )
+        return cls(*fields)
     raise CheckpointError(f"unknown entry {tag!r} in the checkpoint")
 
 
@@ -193,6 +243,17 @@ def _fit(value: Any, like: Any, path: str) -> Any:
             have = sorted(map(repr, value)) if type(value) is dict else value
             raise _mismatch(path, f"keys {have}, `like` has {sorted(map(repr, like))}")
         return {k: _fit(value[k], like[k], f"{path}[{k!r}]") for k in like}
+    if _is_own_state(like):
+        if type(value) is not type(like):
+            raise _mismatch(
+                path, f"a {type(value).__name__}, `like` has a {type(like).__name__}"
+            )
+        return type(like)(
+            *(
+                _fit(v, w, f"{path}.{f}")
+                for f, v, w in zip(like._fields, value, like, strict=True)
+            )
+        )
     if type(like) in (list, tuple):
         if type(value) is not type(like) or len(value) != len(like):
             raise _mismatch(
@@ -225,7 +286,7 @@ def _no_nodes(value: Any, path: str) -> Any:
     if type(value) is dict:
         for k, v in value.items():
             _no_nodes(v, f"{path}[{k!r}]")
-    elif type(value) in (list, tuple):
+    elif isinstance(value, (list, tuple)):  # a state NamedTuple too
         for i, v in enumerate(value):
             _no_nodes(v, f"{path}[{i}]")
     return value

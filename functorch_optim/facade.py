@@ -663,14 +663,14 @@ class Optimizer:
         )
         for i, p in enumerate(originals):
             _check_param(p, what + structure.describe(i))
-        sparse_at = [i for i, p in enumerate(originals) if is_bcoo(p)]
-        if sparse_at:
+        sparse = next((p for p in originals if is_bcoo(p)), None)
+        if sparse is not None:
             check_params = type(self).check_params
             if check_params is not None:  # torch's constructor message (SparseAdam)
                 check_params([[] for _ in self.param_groups] + [originals])
             raise TypeError(
                 "optimizer can only optimize dense arrays, but one of the params is "
-                + _typename(originals[sparse_at[0]])
+                + _typename(sparse)
             )
         for i, p in enumerate(originals):
             check_param_dtypes(p, what + structure.describe(i))

@@ -85,6 +85,17 @@ def _torch_steps(opt, tensors, grads: dict, steps: int = 2) -> None:
         opt.step()
 
 
+def _assert_named_state(opt, torch_opt, tensors: dict, names: list) -> None:
+    """``opt``'s ids 0, 1, ... are ``names``, each with its torch tensor's state."""
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["param_names"] == names
+    for pid, name in enumerate(names):
+        np.testing.assert_array_equal(
+            np.asarray(sd["state"][pid]["exp_avg"]),
+            torch_opt.state[tensors[name]]["exp_avg"].numpy(),
+        )
+
+
 def test_dict_params_are_numbered_in_insertion_order_and_named():
     # torch's order (weight before bias) differs from sorted order, with one shape
     params = {"weight": jnp.full(2, 1.0), "bias": jnp.full(2, 2.0)}
@@ -99,13 +110,7 @@ def test_dict_params_are_numbered_in_insertion_order_and_named():
     opt.load_state_dict(torch_opt.state_dict())
     assert list(opt.params) == ["weight", "bias"]
     assert all(isinstance(p, jax.Array) for p in opt.params.values())
-    ours = opt.state_dict()
-    assert ours["param_groups"][0]["param_names"] == ["weight", "bias"]
-    for pid, name in enumerate(["weight", "bias"]):
-        np.testing.assert_array_equal(
-            np.asarray(ours["state"][pid]["exp_avg"]),
-            torch_opt.state[tensors[name]]["exp_avg"].numpy(),
-        )
+    _assert_named_state(opt, torch_opt, tensors, ["weight", "bias"])
     opt.step(grads)
     for name, t in tensors.items():
         t.grad = torch.tensor(np.asarray(grads[name]))
@@ -138,13 +143,7 @@ def test_param_names_are_matched_on_load_and_others_are_an_error_naming_both():
     # the same names in torch's other order: each param gets its own state
     opt = fo.Adam(params, lr=0.1)
     opt.load_state_dict(torch_opt.state_dict())
-    sd = opt.state_dict()
-    assert sd["param_groups"][0]["param_names"] == ["encoder", "decoder"]
-    for pid, name in enumerate(["encoder", "decoder"]):
-        np.testing.assert_array_equal(
-            np.asarray(sd["state"][pid]["exp_avg"]),
-            torch_opt.state[tensors[name]]["exp_avg"].numpy(),
-        )
+    _assert_named_state(opt, torch_opt, tensors, ["encoder", "decoder"])
     # other names: an error naming both, nothing loaded
     other = fo.Adam({"encoder": jnp.ones(2), "head": jnp.ones(2)}, lr=0.1)
     with pytest.raises(
@@ -281,6 +280,8 @@ def test_bcoo_params_to_sparse_adam_get_torchs_message():
         lambda: torch.optim.SparseAdam([torch.zeros(2), dense.to_sparse()]),
         lambda: fo.SparseAdam([jnp.zeros(2), sparse.BCOO.fromdense(jnp.zeros((3, 2)))]),
     )
+    with pytest.raises(TypeError, match="dense arrays.*BCOO"):
+        fo.Adam([sparse.BCOO.fromdense(jnp.zeros((3, 2)))])
 
 
 # --- checkpoints: one path for any facade, and torch's file ---------------------------
@@ -341,6 +342,38 @@ def test_checkpoint_of_a_multi_group_run_continues_bit_for_bit(
     _run(opt, sched, range(3, 6))
     _run(resumed, resumed_sched, range(3, 6))
     _assert_same_run(resumed, opt)
+
+
+@pytest.mark.parametrize("format", ["msgpack", "orbax"])
+def test_functional_states_come_back_as_their_class(tmp_path, format):
+    params = {"w": jnp.ones(2)}
+    tx = fo.chain(fo.clip_grad_norm(1.0), fo.adam(lr=0.1))
+    state = tx.init(params)
+    fo.checkpoint.save(tmp_path / "state", (params, state), format=format)
+    restored = fo.checkpoint.restore(tmp_path / "state")
+    assert type(restored[1][1]) is type(state[1])
+    assert jax.tree.structure(restored) == jax.tree.structure((params, state))
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves((params, state))):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(fo.checkpoint.CheckpointError, match="like"):
+        fo.checkpoint.restore(tmp_path / "state", like=(params, tx.init(params)[1]))
+
+
+def test_assigning_params_checks_them_all_before_changing_any():
+    opt, _ = _two_groups()
+    before = [np.asarray(p) for p in jax.tree.leaves(opt.params)]
+    for bad, match in [
+        ([{"w": jnp.zeros(3)}, {"b": jnp.zeros(2)}], r"params\[1\]\['b'\].*\[2\]"),
+        ([{"w": jnp.zeros(3)}, {"b": jnp.zeros(1, jnp.float32)}], "float32"),
+        ([{"w": jnp.zeros(3)}, {"c": jnp.zeros(1)}], "structure"),
+        ([{"w": jnp.zeros(3)}], "groups"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            opt.params = bad
+        _unchanged(opt, before)
+    opt.params = [{"w": jnp.zeros(3)}, {"b": np.ones(1)}]
+    np.testing.assert_array_equal(np.asarray(opt.params[1]["b"]), [1.0])
 
 
 def test_a_state_dict_through_plain_orbax_loads(tmp_path):
