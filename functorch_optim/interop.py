@@ -8,7 +8,8 @@ Python numbers, strings and ``None`` as they are, so hyperparameters such as
 
 Example (a facade state dict continues in torch, and back)::
 
-    >>> torch_opt = torch.optim.Adam(fo.interop.to_torch(opt.params), lr=1e-3)
+    >>> torch_params = fo.interop.to_torch(opt.params)   # a dict, as opt.params
+    >>> torch_opt = torch.optim.Adam(torch_params.values(), lr=1e-3)
     >>> torch_opt.load_state_dict(fo.interop.to_torch_state_dict(opt.state_dict()))
     >>> opt.load_state_dict(torch_opt.state_dict())   # torch tensors are accepted
 """

@@ -69,6 +69,7 @@ def skip_nonfinite(inner: GradientTransformation) -> GradientTransformation:
       >>> state = tx.init(params)
       >>> updates, state = tx.update(grads, state, params)   # zeros if grads have NaN
       >>> int(state.skipped)
+      0
     """
 
     takes_extra = _accepts_extra_args(inner.update)

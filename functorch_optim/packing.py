@@ -361,6 +361,7 @@ def packed(tx: Any) -> Any:
       >>> state = tx.init(params)             # params: a tree of many small arrays
       >>> updates, state = tx.update(grads, state, params)
       >>> state.count
+      Array(1, dtype=int32)
     """
     update = getattr(tx, "update", None)
     if not isinstance(update, AlgorithmUpdate) or not update.algorithm.elementwise:

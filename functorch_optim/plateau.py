@@ -68,7 +68,8 @@ def reduce_on_plateau(
 
     Example:
       >>> tx = fo.chain(fo.sgd(lr=0.1), fo.reduce_on_plateau(patience=5))
-      >>> updates, state = tx.update(grads, state, params, value=loss)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(grads, state, params, value=loss_fn(params))
     """
     sm.check_plateau_factor(factor)
     sm.check_plateau_modes(mode, threshold_mode)

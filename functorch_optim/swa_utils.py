@@ -930,7 +930,7 @@ def update_bn(loader: Iterable[Any], model: Any, device: Any = None) -> None:
 
     Example:
       >>> swa_model = fo.swa_utils.AveragedModel(model)
-      >>> ...                                   # training, update_parameters
+      >>> # ... training, with swa_model.update_parameters(model)
       >>> fo.swa_utils.update_bn(train_batches, swa_model)
     """
     if isinstance(model, AveragedModel):

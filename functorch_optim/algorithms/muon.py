@@ -186,7 +186,7 @@ def muon(
 
     Example:
       >>> tx = fo.muon(lr=0.02, momentum=0.95)
-      >>> state = tx.init({"w1": w1, "w2": w2})     # 2-D leaves only
+      >>> state = tx.init(params)                   # 2-D leaves only
       >>> updates, state = tx.update(grads, state, params)
       >>> params = fo.apply_updates(params, updates)
     """
