@@ -242,7 +242,8 @@ def _fit(value: Any, like: Any, path: str) -> Any:
         if type(value) is not dict or set(value) != set(like):
             have = sorted(map(repr, value)) if type(value) is dict else value
             raise _mismatch(path, f"keys {have}, `like` has {sorted(map(repr, like))}")
-        return {k: _fit(value[k], like[k], f"{path}[{k!r}]") for k in like}
+        # in the saved order: `like` may list the same keys in another
+        return {k: _fit(value[k], like[k], f"{path}[{k!r}]") for k in value}
     if _is_own_state(like):
         if type(value) is not type(like):
             raise _mismatch(
