@@ -17,6 +17,7 @@ import torch
 
 import functorch_optim as fo
 from functorch_optim.lbfgs import (
+    compile_count,
     flatten,
     from_torch_layout,
     lbfgs_options,
@@ -579,6 +580,19 @@ def _minibatch_loss(p, x, y, lib, l2):
     return lib.mean(lib.log1p(lib.exp(-margins))) + l2 * lib.sum(p["w"] ** 2)
 
 
+def _torch_minibatch_step(t_opt, tensors, x, y, l2):
+    """torch's ``step`` on :func:`_minibatch_loss` over ``(x, y)``: its first loss."""
+    xt, yt = torch.tensor(x), torch.tensor(y)
+
+    def t_closure():
+        t_opt.zero_grad()
+        value = _minibatch_loss(tensors, xt, yt, torch, l2)
+        value.backward()
+        return value
+
+    return float(t_opt.step(t_closure).detach())
+
+
 def test_closure_redefined_each_step_compiles_once_and_matches_torch():
     rng = np.random.default_rng(3)
     batches = [
@@ -592,22 +606,10 @@ def test_closure_redefined_each_step_compiles_once_and_matches_torch():
     l2 = 1e-2
 
     def train_step(x, y, l2):
-        xj, yj, xt, yt = (
-            jnp.asarray(x),
-            jnp.asarray(y),
-            torch.tensor(x),
-            torch.tensor(y),
-        )
-
-        def t_closure():
-            t_opt.zero_grad()
-            value = _minibatch_loss(tensors, xt, yt, torch, l2)
-            value.backward()
-            return value
-
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
         # a new closure object every step, capturing this step's data and l2
         loss = opt.step(lambda p: _minibatch_loss(p, xj, yj, jnp, l2))
-        expected = float(t_opt.step(t_closure).detach())
+        expected = _torch_minibatch_step(t_opt, tensors, x, y, l2)
         np.testing.assert_allclose(float(loss), expected, rtol=RTOL)
         _assert_facade_matches(opt, tensors)
 
@@ -616,6 +618,35 @@ def test_closure_redefined_each_step_compiles_once_and_matches_torch():
     assert len(opt._compiled) == 1  # one compiled step served all three closures
     train_step(*batches[0], 2 * l2)
     assert len(opt._compiled) == 2  # a captured number is part of the key
+
+
+def test_a_new_optimizer_for_the_same_problem_does_not_compile():
+    """The compiled step is kept for the process: a new optimizer over params of the
+    same shapes, with a closure of the same code over other data, compiles nothing
+    and steps on its own data; other shapes compile once."""
+    rng = np.random.default_rng(4)
+    options = dict(max_iter=5, line_search_fn="strong_wolfe")
+    l2 = 1e-2
+
+    def fit(n, d):
+        x, y = rng.standard_normal((n, d)), np.sign(rng.standard_normal(n))
+        init = {"b": np.zeros(()), "w": np.zeros(d)}
+        opt = fo.LBFGS({k: jnp.asarray(v) for k, v in init.items()}, **options)
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        loss = opt.step(lambda p: _minibatch_loss(p, xj, yj, jnp, l2))
+        tensors = {k: torch.tensor(v, requires_grad=True) for k, v in init.items()}
+        t_opt = torch.optim.LBFGS([tensors["b"], tensors["w"]], **options)
+        expected = _torch_minibatch_step(t_opt, tensors, x, y, l2)
+        np.testing.assert_allclose(float(loss), expected, rtol=RTOL)
+        _assert_facade_matches(opt, tensors)
+
+    compiles = compile_count()
+    fit(8, 5)
+    assert compile_count() == compiles + 1
+    fit(8, 5)  # a second optimizer for the same problem, on new data
+    assert compile_count() == compiles + 1
+    fit(12, 3)  # other shapes
+    assert compile_count() == compiles + 2
 
 
 def test_closure_capturing_a_mutable_object_is_compiled_per_closure():
