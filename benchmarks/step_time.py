@@ -19,6 +19,10 @@ state) and the memory of one compiled step
 (XLA's ``memory_analysis``: arguments + outputs - aliased + temporaries, against the
 floor ``params + state + one gradient``), and writes a PNG bar chart.
 
+With ``--fresh-compile`` it also measures each JAX path's compile time alone in a
+fresh process (``--compile-only``): in one process, a path that compiles after
+another reuses its warm caches and looks faster than it is.
+
 Quick run (< 1 minute):
     python benchmarks/step_time.py --pytrees 2000x1024 --optimizers adam --repeats 10
 Full table:
@@ -30,6 +34,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +152,7 @@ OURS = ("fo jit", "fo packed", "fo facade")
 class Result:
     ms: dict[str, float | None] = field(default_factory=dict)
     compile_s: dict[str, float | None] = field(default_factory=dict)
+    fresh_compile_s: dict[str, float | None] = field(default_factory=dict)
     peak_mb: dict[str, float | None] = field(default_factory=dict)
     floor_mb: float = 0.0
 
@@ -171,7 +178,7 @@ def interleaved_medians(
                 start = time.perf_counter()
                 run()
                 times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) * MS for label, t in times.items()}
+    return {label: statistics.median(t) * MS for label, t in times.items() if t}
 
 
 def make_arrays(shapes: dict[str, tuple], seed: int) -> dict[str, np.ndarray]:
@@ -315,6 +322,23 @@ def bench(tree: str, name: str, repeats: int, paths: tuple[str, ...]) -> Result:
     return result
 
 
+JAX_PATHS = ("fo jit", "fo packed", "fo facade", "optax")
+COMPILE_PREFIX = "compile_s="
+
+
+def fresh_compile_s(tree: str, name: str, label: str) -> float:
+    """``label``'s compile time, measured alone in a new process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--pytrees", tree, "--optimizers", name]
+        + ["--compile-only", label],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith(COMPILE_PREFIX))
+    return float(line.removeprefix(COMPILE_PREFIX))
+
+
 # --- report -------------------------------------------------------------------------
 
 
@@ -335,6 +359,9 @@ def table(results: dict[tuple[str, str], Result]) -> str:
         + " | compile s ("
         + " / ".join(OURS)
         + " / optax)"
+        + " | fresh-process compile s ("
+        + " / ".join(OURS)
+        + " / optax)"
         + " | step MB ("
         + " / ".join(OURS)
         + " / optax; floor) |"
@@ -348,6 +375,8 @@ def table(results: dict[tuple[str, str], Result]) -> str:
             + "".join(f" | {ratio(ms.get(a), ms.get(b))}" for a, b in ratios)
             + " | "
             + " / ".join(fmt(r.compile_s.get(p), ".2f") for p in (*OURS, "optax"))
+            + " | "
+            + " / ".join(fmt(r.fresh_compile_s.get(p), ".2f") for p in (*OURS, "optax"))
             + " | "
             + " / ".join(fmt(r.peak_mb.get(p), ".0f") for p in (*OURS, "optax"))
             + f"; {r.floor_mb:.0f} |"
@@ -399,7 +428,22 @@ def main(argv: list[str] | None = None) -> None:
         help="the paths to time (each holds its own params and state meanwhile)",
     )
     parser.add_argument("--png", default="benchmarks/step_time.png")
+    parser.add_argument(
+        "--fresh-compile",
+        action="store_true",
+        help="also time each JAX path's compile alone, in a new process",
+    )
+    parser.add_argument(
+        "--compile-only",
+        choices=JAX_PATHS,
+        help="(used by --fresh-compile) set up this one path, print its compile time",
+    )
     args = parser.parse_args(argv)
+    if args.compile_only:
+        (tree,), (name,) = args.pytrees, args.optimizers
+        result = bench(tree, name, 0, (args.compile_only,))
+        print(f"{COMPILE_PREFIX}{result.compile_s[args.compile_only]}")
+        return
 
     load = os.getloadavg()[0]
     print(
@@ -412,6 +456,12 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.optimizers:
             print(f"{tree} / {name} ...", flush=True)
             results[tree, name] = bench(tree, name, args.repeats, tuple(args.paths))
+            if args.fresh_compile:
+                for label in JAX_PATHS:
+                    if label in args.paths:
+                        results[tree, name].fresh_compile_s[label] = fresh_compile_s(
+                            tree, name, label
+                        )
     print(table(results))
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.png:

@@ -20,7 +20,9 @@ def _nonfinite_message(norm_type: float) -> str:
 
 def _vector_norm(x: jax.Array, norm_type: float) -> jax.Array:
     """``torch.linalg.vector_norm`` of a flattened array."""
-    x = jnp.abs(jnp.ravel(x))
+    # over every axis, not raveled: a reshape of an array sharded along explicit
+    # mesh axes would have to gather it
+    x = jnp.abs(x)
     if math.isinf(norm_type):
         if x.size == 0:
             raise RuntimeError(

@@ -304,7 +304,10 @@ def test_functional_state_restored_mid_training_continues_identically(fmt, tmp_p
     state = tx.init(params)
     params, state = step(params, state)
     checkpoint.save(tmp_path / "run", (params, state), format=fmt)
-    resumed = checkpoint.restore(tmp_path / "run")
+    # the state is a NamedTuple (fo.AdamState): a fresh one shows its structure
+    fresh = (initial_params("adam"), tx.init(initial_params("adam")))
+    resumed = checkpoint.restore(tmp_path / "run", like=fresh)
+    assert type(resumed[1][1]) is fo.AdamState
     assert_identical(resumed, (params, state))
     for _ in range(3):
         params, state = step(params, state)

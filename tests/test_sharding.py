@@ -108,13 +108,21 @@ def test_no_check_failed(results):
 @pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize(
     "check",
-    ["init_sharding", "jit_keeps_sharding", "matches_unsharded", "explicit", "facade"],
+    [
+        "init_sharding",
+        "jit_keeps_sharding",
+        "matches_unsharded",
+        "explicit",
+        "explicit_clip",
+        "facade",
+    ],
 )
 def test_sharded(results, check, name):
     """tx.init places the state as the params; a jitted step keeps it; the
     trajectory equals the unsharded one; the same on an explicit-sharding mesh
-    (eval_shape of ShapeDtypeStructs included); the facade keeps params and state
-    sharded through steps and state_dict round trips."""
+    (eval_shape of ShapeDtypeStructs included), also chained after
+    clip_grad_norm with no all-gather; the facade keeps params and state sharded
+    through steps and state_dict round trips."""
     _assert_ok(results, f"{check}/{name}")
 
 

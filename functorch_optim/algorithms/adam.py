@@ -61,7 +61,7 @@ def _scalars(step, scalar_state, o: Options):
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     return {
-        "step_size": o.lr / bias_correction1,
+        "neg_step_size": -(o.lr / bias_correction1),
         "bias_correction2_sqrt": bias_correction2**0.5,
     }, {}
 
@@ -79,7 +79,7 @@ def _step(param, grad, state, o: Options):
     else:
         second_moment = exp_avg_sq
     denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
-    new_param = addcdiv(param, exp_avg, denom, -o.step_size)
+    new_param = addcdiv(param, exp_avg, denom, o.neg_step_size)
     return new_param, {
         "exp_avg": exp_avg,
         "exp_avg_sq": exp_avg_sq,

@@ -45,6 +45,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..core import is_concrete
 
@@ -295,10 +296,18 @@ def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
     """``torch.lerp`` exactly as torch's CPU kernel runs it: inputs and weight in
     :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
     rounding back to ``start``'s dtype at the end."""
-    opmath = opmath_dtype(start.dtype)
-    return lerp(
-        start.astype(opmath), end.astype(opmath), jnp.asarray(weight, opmath)
-    ).astype(start.dtype)
+    dtype, opmath = start.dtype, opmath_dtype(start.dtype)
+    start, end, w = (
+        start.astype(opmath),
+        end.astype(opmath),
+        jnp.asarray(weight, opmath),
+    )
+    if isinstance(weight, (int, float)):
+        # torch's branch, on the rounded weight, chosen now: one formula traced
+        if abs(float(np.asarray(weight, opmath))) < 0.5:
+            return (start + w * (end - start)).astype(dtype)
+        return (end - (end - start) * (1 - w)).astype(dtype)
+    return lerp(start, end, w).astype(dtype)
 
 
 def mul(x: Array, factor: Any) -> Array:
