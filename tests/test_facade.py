@@ -110,7 +110,7 @@ CASES = [
 ]
 
 # torch.optim classes the facade mirrors (SparseAdam needs sparse grads: its own
-# test below; LBFGS gets its facade from lbfgs.py).
+# test below; LBFGS gets its facade from the lbfgs package).
 PAIRS = {c.ours: c.theirs for c in CASES} | {fo.SparseAdam: torch.optim.SparseAdam}
 
 
