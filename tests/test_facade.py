@@ -30,7 +30,7 @@ from reference import (
 )
 
 import functorch_optim as fo
-from functorch_optim import facade, packing
+from functorch_optim import facade
 
 STEPS = 3
 
@@ -217,17 +217,6 @@ def _assert_states_close(ours: dict, theirs: dict, dtype: str) -> None:
 
 
 PARITY = [(c, d) for c in CASES for d in c.dtypes]
-
-
-@pytest.fixture(params=["per-leaf", "packed"])
-def layout(request, monkeypatch):
-    """Every leaf stepped alone, or (elementwise algorithms) the small leaves of a
-    group stepped packed (:mod:`functorch_optim.packing`), however few."""
-    if request.param == "packed":
-        monkeypatch.setattr(packing, "MIN_PACKED_LEAVES", 2)
-    else:
-        monkeypatch.setattr(packing, "MAX_PACKED_SIZE", -1)
-    return request.param
 
 
 @pytest.mark.parametrize("c, dtype", PARITY, ids=[f"{c.id}-{d}" for c, d in PARITY])

@@ -19,20 +19,10 @@ import torch
 from reference import assert_same_error
 
 import functorch_optim as fo
-from functorch_optim import packing
 
 
 def _pairs(n: int, size: int = 3) -> list:
     return [jnp.full(size, float(i + 1)) for i in range(n)]
-
-
-@pytest.fixture(params=["per-leaf", "packed"])
-def layout(request, monkeypatch):
-    if request.param == "packed":
-        monkeypatch.setattr(packing, "MIN_PACKED_LEAVES", 2)
-    else:
-        monkeypatch.setattr(packing, "MAX_PACKED_SIZE", -1)
-    return request.param
 
 
 # --- held arrays stay valid ---------------------------------------------------------
