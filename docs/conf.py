@@ -2,9 +2,9 @@
 
 Build it with ``python -m sphinx -W -b html docs docs/_build/html`` (``-W``: a
 warning fails the build, as in CI). The API pages under ``docs/api/`` are written
-here from the package's public names (a module's ``__all__``, or else the names it
-defines), so that every public name has its entry; the build then checks that each
-one was documented.
+here from the package's public names (a module's ``__all__``, or else the documented
+names it defines), so that every public name has its entry; the build then checks
+that each one has an entry and a docstring.
 """
 
 from __future__ import annotations
@@ -181,25 +181,28 @@ def _write(path: str, lines: list[str]) -> None:
 
 
 def check_coverage(app, env) -> None:
-    """Every public name of fo and of each submodule has an entry."""
+    """Every public name of fo and of each submodule has an entry and a docstring."""
     from sphinx.util import logging
 
     logger = logging.getLogger(__name__)
     documented = set(env.get_domain("py").objects)
-    expected = [
-        f"functorch_optim.{n}"
+    expected = {
+        f"functorch_optim.{n}": getattr(fo, n)
         for n in fo.__all__
         if not isinstance(getattr(fo, n), types.ModuleType)
-    ]
+    }
     for name in available_submodules():
         module = importlib.import_module(f"functorch_optim.{name}")
-        expected += [f"{module.__name__}.{n}" for n in public_names(module)]
-    schedules = importlib.import_module("functorch_optim.schedules")
-    for qualified in expected:
+        for n in public_names(module):
+            expected[f"{module.__name__}.{n}"] = getattr(module, n)
+    schedules = set(public_names(importlib.import_module("functorch_optim.schedules")))
+    for qualified, value in expected.items():
         short = qualified.rsplit(".", 1)[1]
+        if not inspect.getdoc(value):
+            logger.warning("public name %s has no docstring", qualified)
         if qualified in documented:
             continue
-        if qualified.count(".") == 1 and short in public_names(schedules):
+        if qualified.count(".") == 1 and short in schedules:
             continue  # re-exported schedule: documented in functorch_optim.schedules
         logger.warning("public name %s has no entry in the API reference", qualified)
 
