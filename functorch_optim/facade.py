@@ -1142,9 +1142,11 @@ class Optimizer:
 
     def _apply_grads(self) -> None:
         """Step the stored gradients' params through the one compiled step."""
-        for g, group in enumerate(self.param_groups):  # set by hand, under a jit
-            for name, value in group.items():
-                for leaf in jax.tree.leaves(value):
+        # a hyperparameter set by hand under a jit (params are checked where they
+        # are given, grads as they are stored)
+        for g, group in enumerate(self.param_groups):
+            for name in self.defaults:
+                for leaf in jax.tree.leaves(group[name]):
                     _check_not_traced(leaf, f"param_groups[{g}][{name!r}]")
         if self._skip_nonfinite and not bool(_all_finite(self._grads)):
             self.skipped_steps += 1

@@ -189,6 +189,22 @@ def test_closure_with_traced_values_raises_at_once():
     _unchanged(opt, before)
 
 
+def test_a_traced_hyperparameter_raises_at_once():
+    opt = fo.SGD([jnp.ones(2)], lr=0.1)
+    opt.step([jnp.ones(2)])
+    before = [np.asarray(p) for p in jax.tree.leaves(opt.params)]
+
+    @jax.jit
+    def run(lr):
+        opt.param_groups[0]["lr"] = lr
+        opt.step()  # the stored grads, concrete
+
+    with pytest.raises(RuntimeError, match=r"param_groups\[0\]\['lr'\]"):
+        run(0.5)
+    opt.param_groups[0]["lr"] = 0.1
+    _unchanged(opt, before)
+
+
 def test_torch_tensors_as_params_name_to_jax():
     model = torch.nn.Linear(2, 1)
     for given in (
