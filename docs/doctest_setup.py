@@ -71,8 +71,6 @@ def _nnx_names() -> dict:
 NOT_RUN = {
     "functorch_optim.SparseAdam": "the facade's generic example steps on dense "
     "gradients, which SparseAdam rejects (its functional example runs)",
-    "functorch_optim.checkpoint.save_torch": "torch's load_state_dict prints "
-    "its result, which the example does not show",
 }
 
 

@@ -472,6 +472,7 @@ def save_torch(path: str | os.PathLike, optimizer: Any, scheduler: Any = None) -
         >>> fo.checkpoint.save_torch("run.pt", opt, sched)
         >>> saved = torch.load("run.pt")
         >>> model.load_state_dict(saved["model"])  # strict=False to keep buffers
+        <All keys matched successfully>
         >>> torch_opt.load_state_dict(saved["optimizer"])
         >>> torch_sched.load_state_dict(saved["scheduler"])
 
