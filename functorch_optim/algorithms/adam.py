@@ -10,12 +10,15 @@ from ..core import GradientTransformation
 from ..functional import make_transform
 from .base import Algorithm, Array, Options, add, addcdiv, check_fused_flags
 from .common import (
+    TORCH_SCALAR_DTYPE,
     adam_moments,
     apply_weight_decay,
     check_foreach_differentiable,
     div,
+    rdiv,
     require_betas,
     require_nonnegative,
+    tensor_scalar,
 )
 
 
@@ -58,6 +61,18 @@ def _init(param, o: Options) -> dict:
 
 def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
+    if o.capturable:
+        # torch's capturable path keeps the step a float32 tensor, so the bias
+        # corrections and the step size are float32 tensors; it folds the step
+        # size into the denominator
+        step = step.astype(TORCH_SCALAR_DTYPE)
+        bias_correction1 = 1 - tensor_scalar(beta1) ** step
+        bias_correction2 = 1 - tensor_scalar(beta2) ** step
+        neg_step_size = -rdiv(o.lr, bias_correction1)
+        return {
+            "denom_scale": jnp.sqrt(bias_correction2) * neg_step_size,
+            "denom_eps": rdiv(o.eps, neg_step_size),
+        }, {}
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     return {
@@ -78,8 +93,12 @@ def _step(param, grad, state, o: Options):
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
-    denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
-    new_param = addcdiv(param, exp_avg, denom, o.neg_step_size)
+    if o.capturable:
+        denom = add(div(jnp.sqrt(second_moment), o.denom_scale), o.denom_eps)
+        new_param = addcdiv(param, exp_avg, denom)
+    else:
+        denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
+        new_param = addcdiv(param, exp_avg, denom, o.neg_step_size)
     return new_param, {
         "exp_avg": exp_avg,
         "exp_avg_sq": exp_avg_sq,

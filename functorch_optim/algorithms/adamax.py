@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from ..core import GradientTransformation
 from ..functional import make_transform
 from .base import Algorithm, Array, Options, add, addcdiv, lerp_kernel, mul, nonzero
-from .common import validate_adam_like
+from .common import TORCH_SCALAR_DTYPE, tensor_scalar, validate_adam_like
 
 
 def _init(param, o: Options) -> dict:
@@ -17,6 +17,12 @@ def _init(param, o: Options) -> dict:
 
 
 def _scalars(step, scalar_state, o: Options):
+    if o.capturable:
+        # torch's capturable path: a float32 step tensor, the negated bias
+        # correction divided by lr folded into the denominator
+        step = step.astype(TORCH_SCALAR_DTYPE)
+        neg_bias_correction = tensor_scalar(o.betas[0]) ** step - 1
+        return {"neg_bias_correction": neg_bias_correction / tensor_scalar(o.lr)}, {}
     return {"clr": o.lr / (1 - o.betas[0] ** step)}, {}
 
 
@@ -27,7 +33,10 @@ def _step(param, grad, state, o: Options):
         grad = add(grad, param, o.weight_decay)
     exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
     exp_inf = jnp.maximum(mul(state["exp_inf"], beta2), add(jnp.abs(grad), o.eps))
-    new_param = addcdiv(param, exp_avg, exp_inf, -o.clr)
+    if o.capturable:
+        new_param = addcdiv(param, exp_avg, mul(exp_inf, o.neg_bias_correction))
+    else:
+        new_param = addcdiv(param, exp_avg, exp_inf, -o.clr)
     return new_param, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 

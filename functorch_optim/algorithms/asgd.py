@@ -8,10 +8,11 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, mul, nonzero
+from .base import Algorithm, Array, Options, add, addcmul, mul, nonzero
 from .common import (
     TORCH_SCALAR_DTYPE,
     check_foreach_differentiable,
+    rdiv,
     require_nonnegative,
 )
 
@@ -36,6 +37,15 @@ def _init_scalars(o: Options) -> dict:
 
 def _scalars(step, scalar_state, o: Options):
     lr, lambd = o.lr, o.lambd
+    if o.capturable:
+        # torch's capturable path computes eta and mu from a float32 step tensor
+        # and reads them as float32 tensors, not as .item() doubles
+        step = step.astype(TORCH_SCALAR_DTYPE)
+        one = jnp.ones((), TORCH_SCALAR_DTYPE)
+        return dict(scalar_state), {
+            "eta": rdiv(lr, (1 + lambd * lr * step) ** o.alpha),
+            "mu": rdiv(1, jnp.maximum(step - o.t0, one)),
+        }
     new_eta = lr / ((1 + lambd * lr * step) ** o.alpha)
     new_mu = 1 / jnp.maximum(1, step - o.t0)
     # torch reads eta with .item(): the float32 value, then Python arithmetic.
@@ -53,11 +63,13 @@ def _step(param, grad, state, o: Options):
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
     param = mul(param, 1 - o.lambd * o.eta)
+    ax = state["ax"]
+    if o.capturable:  # torch multiplies by the eta tensor and always averages
+        param = addcmul(param, grad, o.eta, -1)
+        return param, {"ax": add(ax, mul(param - ax, o.mu))}
     param = add(param, grad, -o.eta)
-
     # torch copies the parameter while mu is exactly 1 (before t0) and averages
     # after; the copy is not the same bits as ax + (param - ax) * 1.
-    ax = state["ax"]
     ax = jnp.where(o.mu != 1, add(ax, mul(param - ax, o.mu)), param)
     return param, {"ax": ax}
 

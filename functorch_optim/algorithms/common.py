@@ -31,6 +31,20 @@ TORCH_SCALAR_DTYPE = jnp.float32
 _LABELS = {"lr": "learning rate", "eps": "epsilon value"}
 
 
+def tensor_scalar(x):
+    """A hyperparameter as torch's capturable path holds it: a Python number as a
+    float32 scalar tensor (torch's scalar dtype), a tensor as it is."""
+    return jnp.asarray(x, TORCH_SCALAR_DTYPE) if isinstance(x, (int, float)) else x
+
+
+def rdiv(number, tensor):
+    """torch's ``number / tensor`` for a scalar tensor: a Python number divides as
+    ``tensor.reciprocal() * number`` (torch's ``__rtruediv__``), a tensor truly."""
+    if isinstance(number, (int, float)):
+        return (1 / tensor) * number
+    return number / tensor
+
+
 def require_nonnegative(o: Options, *names: str) -> None:
     """torch's ``if not 0.0 <= x: raise ValueError(f"Invalid ...: {x}")``, in order."""
     for name in names:

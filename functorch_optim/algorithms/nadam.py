@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcdiv
+from .base import Algorithm, Array, Options, add, addcdiv, mul
 from .common import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
@@ -35,9 +35,28 @@ def _momentum_cache(beta1, step, momentum_decay):
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
+def _number(x, lr):
+    """``x``, a Python double in torch, as it meets ``lr``: a tensor lr keeps its
+    own dtype in torch's ``tensor / float``."""
+    return jnp.asarray(x, lr.dtype) if hasattr(lr, "dtype") else x
+
+
 def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
     lr = o.lr
+    if o.capturable:
+        # torch's capturable path: a float32 step tensor, and mu_product kept and
+        # read as a float32 tensor, so every coefficient is a float32 tensor
+        step = step.astype(TORCH_SCALAR_DTYPE)
+        mu = _momentum_cache(beta1, step, o.momentum_decay)
+        mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
+        mu_product = scalar_state["mu_product"] * mu
+        mu_product_next = mu_product * mu_next
+        return {
+            "bias_correction2": 1 - beta2**step,
+            "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product),
+            "exp_avg_coefficient": -lr * mu_next / (1.0 - mu_product_next),
+        }, {"mu_product": mu_product}
     mu = _momentum_cache(beta1, step, o.momentum_decay)
     mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
     # torch multiplies its float32 mu_product tensor in place (in float32, mu
@@ -49,8 +68,8 @@ def _scalars(step, scalar_state, o: Options):
     mu_product_next = mu_product_value * mu_next
     return {
         "bias_correction2": 1 - beta2**step,
-        "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product_value),
-        "exp_avg_coefficient": (-lr * mu_next) / (1.0 - mu_product_next),
+        "grad_coefficient": -lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
+        "exp_avg_coefficient": (-lr * mu_next) / _number(1.0 - mu_product_next, lr),
     }, {"mu_product": mu_product}
 
 
@@ -60,6 +79,12 @@ def _step(param, grad, state, o: Options):
     param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
     denom = add(jnp.sqrt(div(exp_avg_sq, o.bias_correction2)), o.eps)
+    if o.capturable:  # torch scales the tensors, then divides
+        param = addcdiv(param, mul(grad, o.grad_coefficient), denom)
+        return addcdiv(param, mul(exp_avg, o.exp_avg_coefficient), denom), {
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        }
     param = addcdiv(param, grad, denom, o.grad_coefficient)
     param = addcdiv(param, exp_avg, denom, o.exp_avg_coefficient)
     return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}

@@ -8,8 +8,14 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, mul
-from .common import adam_moments, apply_weight_decay, div, validate_adam_like
+from .base import Algorithm, Array, Options, add, mul, opmath_dtype
+from .common import (
+    TORCH_SCALAR_DTYPE,
+    adam_moments,
+    apply_weight_decay,
+    div,
+    validate_adam_like,
+)
 
 
 def _init(param, o: Options) -> dict:
@@ -18,6 +24,9 @@ def _init(param, o: Options) -> dict:
 
 def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
+    if o.capturable:
+        # torch's capturable path: the same formulas on a float32 step tensor
+        step = step.astype(TORCH_SCALAR_DTYPE)
     bias_correction2 = 1 - beta2**step
 
     # Length of the approximated simple moving average: its limit and its value now.
@@ -48,8 +57,22 @@ def _step(param, grad, state, o: Options):
     param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
     bias_corrected_exp_avg = div(exp_avg, o.bias_correction1)
+    exp_avg_sq_sqrt = add(jnp.sqrt(exp_avg_sq), o.eps)
+    if o.capturable:
+        # a tensor over a tensor: a true division; the update selected, then
+        # applied to the unrectified step
+        opmath = opmath_dtype(exp_avg_sq_sqrt.dtype)
+        adaptive_lr = (
+            jnp.asarray(o.bias_correction2_sqrt, opmath)
+            / exp_avg_sq_sqrt.astype(opmath)
+        ).astype(exp_avg_sq_sqrt.dtype)
+        update = jnp.where(
+            o.rectify, mul(adaptive_lr, o.rect), jnp.ones((), adaptive_lr.dtype)
+        )
+        new_param = add(param, mul(bias_corrected_exp_avg, o.lr) * update, -1.0)
+        return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     # torch's ``float / tensor`` is ``tensor.reciprocal() * float``.
-    adaptive_lr = mul(1 / add(jnp.sqrt(exp_avg_sq), o.eps), o.bias_correction2_sqrt)
+    adaptive_lr = mul(1 / exp_avg_sq_sqrt, o.bias_correction2_sqrt)
     unrectified = mul(bias_corrected_exp_avg, o.lr)
     rectified = mul(unrectified * adaptive_lr, o.rect)
     new_param = add(param, jnp.where(o.rectify, rectified, unrectified), -1.0)

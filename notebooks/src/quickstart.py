@@ -101,15 +101,17 @@ ax2.set(xlabel="step", ylabel="lr", title="fo.sequential_lr")
 plt.show()
 
 # %% [markdown]
-# ## The state has torch's names
-# `state["exp_avg"]` is a tree shaped like the params; `state["step"]` counts each
-# leaf's steps. Under `jax.jit` a step is one XLA computation.
+# ## The state: optax's shape, torch's names
+# `fo.adam(...).init(params)` is an `fo.AdamState`: `state.count` (an int32 scalar,
+# the steps taken) and torch's entries, `state.exp_avg` a tree shaped like the params.
+# optax's tools read it (`optax.tree_utils.tree_get(state, "count")`). Under
+# `jax.jit` a step is one XLA computation.
 
 # %%
 params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
 tx = fo.adam(lr=1e-3, amsgrad=True)
 state = tx.init(params)
-print({k: jax.tree.map(jnp.shape, v) for k, v in state.items()})
+print(jax.tree.map(jnp.shape, state))
 
 
 @jax.jit
@@ -119,4 +121,5 @@ def update(params, state, grads):
 
 
 params, state = update(params, state, jax.tree.map(jnp.ones_like, params))
-print(state["step"])
+print(state.count, optax.tree_utils.tree_get(state, "count"))
+print(state.exp_avg["w"])
