@@ -248,25 +248,7 @@ def bench_facade(spec, params_np, grads_np, result):
 
 def facade_step_compiled(opt, grads):
     """The facade's compiled step program, for its memory analysis."""
-    from functorch_optim import facade
-
-    step, captured = facade._fused_step, []
-
-    def capture(spec, *args):
-        # copies: the step donates (deletes) the originals
-        captured.append((spec, *jax.tree.map(_copy_array, args)))
-        return step(spec, *args)
-
-    facade._fused_step = capture
-    try:
-        opt.step(grads)
-    finally:
-        facade._fused_step = step
-    return step.lower(*captured[0]).compile()
-
-
-def _copy_array(x):
-    return x.copy() if isinstance(x, jax.Array) else x
+    return opt.lowered_step(grads).compile()
 
 
 def bench_torch(spec, params_np, grads_np, flag):

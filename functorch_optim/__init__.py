@@ -23,7 +23,9 @@ from .algorithms.sgd import SGDState, sgd
 from .algorithms.sparse_adam import SparseAdamState, sparse_adam
 from .clipping import clip_grad_norm, clip_grad_value, global_norm
 from .core import GradientTransformation, apply_updates, chain
-from .facade import (
+from .lbfgs import LBFGS, lbfgs
+from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
+from .optim import (
     ASGD,
     SGD,
     Adadelta,
@@ -42,8 +44,6 @@ from .facade import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from .lbfgs import LBFGS, lbfgs
-from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
 from .packing import PackedState, packed
 from .schedules import (
     chained_lr,
@@ -86,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    # torch-style facade (functorch_optim.facade) and torch interop
+    # torch-style facade (functorch_optim.optim) and torch interop
     "ASGD",
     "Adadelta",
     "Adafactor",

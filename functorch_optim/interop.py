@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .names import given_order, path_name
+
 _BFLOAT16 = np.dtype(jnp.bfloat16)
 
 
@@ -123,43 +125,15 @@ def from_torch_state_dict(state_dict: dict) -> dict:
 # --- functional states <-> torch's optimizer state dict ------------------------------
 
 
-def _key_name(key: Any) -> str:
-    """One step of a key path as torch names it (``fc1``, ``0``, ``weight``)."""
-    for attribute in ("key", "idx", "name"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def _names_in_given_order(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[str]:
-    """The leaves' names, dicts walked in insertion order (torch's
-    ``named_parameters()`` order; ``jax.tree`` sorts dict keys)."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _names_in_given_order(value, (*prefix, str(key)))
-        return
-    if jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)):
-        if tree is not None:
-            yield ".".join(prefix)
-        return
-    children, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: x is not tree
-    )
-    for path, child in children:
-        yield from _names_in_given_order(
-            child, (*prefix, *(_key_name(k) for k in path))
-        )
-
-
 def _named_params(params: Any) -> tuple[list[str], list[int]]:
     """The leaves' names in ``jax.tree`` order, and for each torch id (the params
     in the order given) the position of its leaf in that order."""
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
-    names = [".".join(_key_name(k) for k in path) for path, _ in paths]
+    names = [path_name(path) for path, _ in paths]
     if len(set(names)) != len(names):
         raise ValueError(f"params have repeated leaf names: {names}")
     position = {name: i for i, name in enumerate(names)}
-    return names, [position[name] for name in _names_in_given_order(params)]
+    return names, [position[path_name(path)] for path in given_order(params)[0]]
 
 
 def _algorithm_of(tx: Any) -> tuple[Any, Any]:
@@ -171,12 +145,6 @@ def _algorithm_of(tx: Any) -> tuple[Any, Any]:
             f"(fo.adam(...), fo.sgd(...), ...), got {tx!r}"
         )
     return algorithm, update.options
-
-
-def _facade_class(algorithm: Any) -> Any:
-    import functorch_optim
-
-    return getattr(functorch_optim, algorithm.name)
 
 
 def _torch_option(value: Any) -> Any:
@@ -231,8 +199,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
         else treedef.flatten_up_to(getattr(state, name))
         for name in array_names(algorithm)
     }
-    facade = _facade_class(algorithm)
-    created = count > 0 or facade.state_at_construction
+    created = count > 0 or algorithm.state_at_construction
     leaf_states = {}
     for torch_id, leaf in enumerate(order):
         if not created:
@@ -241,7 +208,9 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
         for name in algorithm.state_names:
             if name == "step":
                 entries[name] = (
-                    jnp.asarray(count, jnp.float32) if facade.step_is_tensor else count
+                    jnp.asarray(count, jnp.float32)
+                    if algorithm.step_is_tensor
+                    else count
                 )
             elif name in algorithm.scalar_names:
                 entries[name] = getattr(state, name)

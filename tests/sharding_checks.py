@@ -426,7 +426,7 @@ def main() -> None:
     print(json.dumps(results))
 
 
-ALGO = {name: getattr(fo.facade, FACADE[name]).algorithm for name in ALGORITHMS}
+ALGO = {name: getattr(fo.optim, FACADE[name]).algorithm for name in ALGORITHMS}
 
 if __name__ == "__main__":
     # Before JAX starts its backend (lazily, at the first array).

@@ -30,7 +30,7 @@ from reference import (
 )
 
 import functorch_optim as fo
-from functorch_optim import facade
+from functorch_optim import optim
 
 STEPS = 3
 
@@ -232,7 +232,7 @@ def test_trajectory_parity_with_torch(c, dtype, layout):
         return
     opt = _facade_make(c, params, dtype)
     actual = _facade_steps(opt, grads, dtype)
-    packed = any(opt._packs)
+    packed = any(opt.debug_layout())
     assert packed == (layout == "packed" and c.ours.algorithm.elementwise)
     assert_trajectories_close(actual, expected, dtype)
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), dtype)
@@ -246,7 +246,7 @@ def test_a_step_keeps_the_params_it_replaces(layout):
     opt = fo.Adam(given, lr=0.1)
     old = list(opt.param_groups[0]["params"])
     opt.step([jnp.ones(3)] * 4)
-    assert any(opt._packs) == (layout == "packed")
+    assert any(opt.debug_layout()) == (layout == "packed")
     assert not any(p.is_deleted() for p in old + given)
     for i, (p, new) in enumerate(zip(old, opt.params)):
         np.testing.assert_array_equal(np.asarray(p), np.full(3, float(i)))
@@ -604,7 +604,7 @@ def test_changing_float_hyperparameters_does_not_recompile():
     sgd = fo.SGD(tree(), lr=0.1, momentum=0.9)
     adam.step(grads)
     sgd.step(grads)
-    before = facade.compile_count()
+    before = optim.compile_count()
     for k in range(3):
         adam.param_groups[0]["lr"] = 0.1 / (k + 2)
         adam.param_groups[0]["betas"] = (0.8 - 0.1 * k, 0.99)
@@ -619,11 +619,11 @@ def test_changing_float_hyperparameters_does_not_recompile():
     # A schedule ending at lr = 0.0 reuses it too (lr's zero is not a branch).
     adam.param_groups[0]["lr"] = 0.0
     adam.step(grads)
-    assert facade.compile_count() == before
+    assert optim.compile_count() == before
     # A zero weight decay is static (torch's `if weight_decay != 0`): one compile.
     adam.param_groups[0]["weight_decay"] = 0
     adam.step(grads)
-    assert facade.compile_count() == before + 1
+    assert optim.compile_count() == before + 1
 
 
 def test_changed_hyperparameters_take_effect_like_torch():

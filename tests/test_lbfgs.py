@@ -463,7 +463,7 @@ def test_facade_matches_torch_and_returns_the_first_loss():
         np.testing.assert_allclose(float(opt.step(closure)), expected, rtol=RTOL)
         _assert_facade_matches(opt, tensors)
     first = next(iter(tensors.values()))
-    assert_state_close(opt._states[0][0], t_opt.state[first])
+    assert_state_close(opt.global_state, t_opt.state[first])
     assert set(opt.state) == {0}
     assert set(opt.state[0]) == set(t_opt.state[first])
     assert isinstance(opt.state[0]["old_dirs"], list)

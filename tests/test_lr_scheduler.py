@@ -1050,7 +1050,7 @@ def test_scheduler_never_recompiles_the_step(kind, name):
         if event == "/jax/core/compile/backend_compile_duration":
             compiles.append(event)
 
-    traced = fo.facade.compile_count()
+    traced = fo.optim.compile_count()
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         seen = set()
@@ -1062,4 +1062,4 @@ def test_scheduler_never_recompiles_the_step(kind, name):
         jax.monitoring.unregister_event_duration_listener(listener)
     assert len(seen) == 10  # the lr and momentum did change every step
     assert compiles == []
-    assert fo.facade.compile_count() == traced
+    assert fo.optim.compile_count() == traced

@@ -34,7 +34,7 @@ def test_every_array_a_user_holds_survives_later_steps(layout):
     held = [list(given)]
     values = [np.asarray(p) for p in given]
     opt.step([jnp.ones(3)] * 4)
-    assert any(opt._packs) == (layout == "packed")
+    assert any(opt.debug_layout()) == (layout == "packed")
     for _ in range(2):
         held += [opt.params, opt.grads, opt.state[0], opt.state_dict()]
         opt.step([jnp.full(3, 0.5)] * 4)

@@ -25,7 +25,7 @@ from reference import (
 )
 
 import functorch_optim as fo
-from functorch_optim import facade, packing
+from functorch_optim import optim, packing
 
 # Packed leaves of several shapes (size 0 too), a scalar and a leaf above
 # MAX_PACKED_SIZE (as the fixture lowers it) stepped alone.
@@ -72,7 +72,7 @@ def _step_alone(opt, grads, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(packing, "MAX_PACKED_SIZE", -1)
         opt.step(grads)
-    assert not any(opt._packs)
+    assert not any(opt.debug_layout())
 
 
 def _assert_same(packed, alone):
@@ -101,7 +101,7 @@ def test_every_elementwise_algorithm_packs_and_no_other_does():
     assert elementwise == set(ELEMENTWISE)
     opt = fo.Adafactor(_params(shapes=((3, 2),) * 4))
     opt.step(_grads(0, shapes=((3, 2),) * 4))
-    assert not any(opt._packs)
+    assert not any(opt.debug_layout())
 
 
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
@@ -117,22 +117,22 @@ def test_packed_equals_per_leaf_through_layout_changes(name, monkeypatch):
         packed.step(grads)
         _step_alone(alone, grads, monkeypatch)
         if k == 0:
-            assert [len(p.indices) for p in packed._packs[0]] == [8]
+            assert [len(p) for p in packed.debug_layout()[0]] == [8]
         if k == 3:
-            packs = list(packed._packs[0])
+            packs = packed.debug_layout()[0]
             _assert_same(packed, alone)
-            assert packed._packs[0] == packs
+            assert packed.debug_layout()[0] == packs
             for opt in (packed, alone):
                 leaves = opt.param_groups[0]["params"]
                 leaves[2] = jnp.full_like(leaves[2], 0.5)
     # leaf 1 missed a step: it cannot share the others' step count again
-    assert [len(p.indices) for p in packed._packs[0]] == [7]
+    assert [len(p) for p in packed.debug_layout()[0]] == [7]
     for opt in (packed, alone):
         opt.add_param_group({"params": _params(shapes=((2,),) * 4)})
     grads = [_grads(9), _grads(9, shapes=((2,),) * 4)]
     packed.step(grads)
     _step_alone(alone, grads, monkeypatch)
-    assert [len(p.indices) for p in packed._packs[1]] == [4]
+    assert [len(p) for p in packed.debug_layout()[1]] == [4]
     _assert_same(packed, alone)
 
 
@@ -144,7 +144,7 @@ def test_packed_adam_equals_per_leaf_in_other_dtypes(dtype, monkeypatch):
     for k in range(3):
         packed.step(_grads(k, dtype))
         _step_alone(alone, _grads(k, dtype), monkeypatch)
-    assert any(packed._packs)
+    assert any(packed.debug_layout())
     for a, b in zip(packed.params, alone.params, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
@@ -163,7 +163,7 @@ def test_option_changes_and_load_state_dict_from_torch(monkeypatch):
         opt.param_groups[0]["momentum"] = 0.5
     packed.step(_grads(2))
     _step_alone(alone, _grads(2), monkeypatch)
-    assert any(packed._packs)
+    assert any(packed.debug_layout())
     _assert_same(packed, alone)
 
     tensors = [torch.tensor(np.asarray(p), requires_grad=True) for p in _params()]
@@ -172,15 +172,15 @@ def test_option_changes_and_load_state_dict_from_torch(monkeypatch):
         t.grad = torch.tensor(np.asarray(g))
     theirs.step()
     packed.step(_grads(3))  # packed again before the load
-    assert any(packed._packs)
+    assert any(packed.debug_layout())
     packed.load_state_dict(theirs.state_dict())
-    assert not any(packed._packs)
+    assert not any(packed.debug_layout())
     packed.step(_grads(6))
-    compiles = facade.compile_count()
+    compiles = optim.compile_count()
     packed.param_groups[0]["lr"] = 0.05
     packed.step(_grads(7))
-    assert facade.compile_count() == compiles
-    assert any(packed._packs)
+    assert optim.compile_count() == compiles
+    assert any(packed.debug_layout())
 
 
 def test_plan_keys_on_dtype_device_state_and_scalar_values():
@@ -221,11 +221,11 @@ def test_a_packed_facade_runs_under_a_traced_lr_schedule():
     opt = fo.Adam(_params(), lr=0.1)
     sched = fo.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     opt.step(_grads(0))
-    compiles = facade.compile_count()
+    compiles = optim.compile_count()
     for k in range(1, 4):
         opt.step(_grads(k))
         sched.step()
-    assert facade.compile_count() == compiles
+    assert optim.compile_count() == compiles
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(opt.params))
 
 

@@ -41,7 +41,7 @@ from reference import (
 from test_facade import _assert_same, _load_fails_and_changes_nothing, _set, _snapshot
 
 import functorch_optim as fo
-from functorch_optim import facade
+from functorch_optim import optim
 
 SETTINGS = settings(
     max_examples=6,
@@ -673,13 +673,13 @@ def run_changing_hyperparameters(steps: int, warmup: int = 200) -> dict:
 
     run(warmup, 0)
     jax.block_until_ready(opt.params)
-    compiles, cache = facade.compile_count(), facade._fused_step._cache_size()
+    compiles, cache = optim.compile_count(), optim.compiled_step.cache_size()
     rss = _rss_mb()
     run(steps, warmup)
     jax.block_until_ready(opt.params)
     return {
-        "new compiles": facade.compile_count() - compiles,
-        "new cache entries": facade._fused_step._cache_size() - cache,
+        "new compiles": optim.compile_count() - compiles,
+        "new cache entries": optim.compiled_step.cache_size() - cache,
         "rss growth MiB": _rss_mb() - rss,
         "finite": all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(opt.params)),
         "steps taken": int(opt.state[0]["step"]),

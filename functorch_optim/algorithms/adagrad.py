@@ -139,6 +139,7 @@ ADAGRAD = Algorithm(
     state_type=AdagradState,
     scalars=_scalars,
     elementwise=True,
+    state_at_construction=True,
     sparse_grads="densify",
     sparse_grad_message=lambda o: (
         "weight_decay option is not compatible with sparse gradients"

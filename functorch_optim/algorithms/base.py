@@ -4,7 +4,7 @@ An algorithm is written once, as torch writes its single-tensor path: the math o
 step on one parameter leaf. :class:`Algorithm` bundles that rule with torch's
 defaults, validation and state names; the functional transforms
 (:mod:`functorch_optim.functional`), the fused tree runner
-(:mod:`functorch_optim.fused`) and the facade (:mod:`functorch_optim.facade`) all run
+(:mod:`functorch_optim.fused`) and the facade (:mod:`functorch_optim.optim`) all run
 this one definition.
 
 Rule conventions
@@ -131,6 +131,13 @@ class Algorithm:
         leaf's scalar state such as ``step``) and ``init`` depends on the leaf's
         shape and dtype only, so many leaves may be stepped as one flat array
         (:mod:`functorch_optim.packing`).
+      state_at_construction: torch creates the per-parameter state in the
+        optimizer's constructor, not at the first step (Adagrad).
+      step_is_tensor: torch keeps ``step`` as a float32 tensor; False where it keeps
+        a Python int (SparseAdam).
+      check_params: ``check_params(groups)``, torch's constructor checks on the
+        params themselves (``groups``: one list of param leaves per param group;
+        SparseAdam: dense, real params only), or None.
     """
 
     name: str
@@ -153,6 +160,9 @@ class Algorithm:
     sparse_grads: str = "reject"
     sparse_grad_message: Callable[[Options], str | None] | None = None
     elementwise: bool = False
+    state_at_construction: bool = False
+    step_is_tensor: bool = True
+    check_params: Callable[[list], None] | None = None
 
     def __post_init__(self) -> None:
         if self.state_type is None:

@@ -238,4 +238,6 @@ SPARSE_ADAM = Algorithm(
     complex_as_real=False,  # torch rejects complex parameters
     reads_params=lambda options: False,
     sparse_grads="native",
+    step_is_tensor=False,
+    check_params=check_params,
 )

@@ -117,10 +117,11 @@ def compiled_step(
     """The shared compiled step for ``closure``: ``(key, step, captured arrays)``.
 
     ``step(leaves, state, values, captured)`` runs one torch ``step()`` with
-    ``closure(as_given(leaves))`` as the objective and the traced ``values`` of
+    ``closure(as_given([leaves]))`` as the objective and the traced ``values`` of
     :func:`~functorch_optim.lbfgs.transform.traced_values`. ``as_given`` builds the
-    params the closure takes from the flat leaves; it is part of the key, so it must
-    compare equal exactly when it builds the same structure.
+    params the closure takes from the one group's leaves (the facade's
+    :meth:`~functorch_optim.optim.Optimizer.closure_params`); it is part of the
+    key, so it must compare equal exactly when it builds the same structure.
     """
     closure_id, captured = closure_key(closure)
     key = (closure_id, as_given, line_search_fn, history_size)
@@ -136,7 +137,9 @@ def compiled_step(
             values, line_search_fn=line_search_fn, history_size=history_size
         )
         loss = build(captured)
-        return step_flat(lambda leaves: loss(as_given(leaves)), leaves, state, options)
+        return step_flat(
+            lambda leaves: loss(as_given([leaves])), leaves, state, options
+        )
 
     # the state is donated (only the optimizer holds it; ``state`` and
     # ``state_dict`` hand out copies), never the params: a user may hold them

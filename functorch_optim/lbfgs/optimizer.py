@@ -1,13 +1,15 @@
 """``fo.LBFGS``: torch's ``LBFGS`` class on the facade's :class:`Optimizer`.
 
 The facade's base keeps the param group, its options and the state dict format; this
-class replaces its per-leaf step with one global step (:mod:`.compiled_step`) and its
-per-leaf state with one state for all parameters, held on the first, as torch does.
+class implements the base's extension points for an optimizer whose step updates all
+params together (``per_leaf = False``): one global step (:mod:`.compiled_step`) over
+the params as the closure sees them (``closure_params``), one state for all params
+(``global_state``, held on the first, as torch does) and torch's layout of it
+(``to_torch_state`` / ``from_torch_state``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from typing import Any
 
 from .. import interop
 from ..algorithms.base import Algorithm
-from ..facade import Optimizer
+from ..optim import Optimizer
 from .compiled_step import compiled_step
 from .iteration import flatten, init_state
 from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout
@@ -47,28 +49,6 @@ ALGORITHM = Algorithm(
     complex_as_real=True,
     reads_params=lambda options: True,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class _ParamsAsGiven:
-    """The closure's argument built from the flat leaves: the one group's params in
-    the structure they were given (in a list when given as group dicts).
-
-    Compares by that structure, so optimizers over params given alike share one
-    compiled step; it holds no arrays, so a shared step keeps no optimizer alive.
-    """
-
-    structure: Any  # the facade's record of how the group's params were given
-    in_list: bool
-
-    def __call__(self, leaves: list) -> Any:
-        tree = self.structure.unflatten(leaves)
-        return [tree] if self.in_list else tree
-
-    def __hash__(self) -> int:
-        # the structure's lists of names make it unhashable; equal structures have
-        # equal treedefs
-        return hash((self.structure.treedef, self.in_list))
 
 
 _SIGNATURE = inspect.signature(lbfgs)
@@ -105,6 +85,7 @@ class LBFGS(Optimizer):
     """
 
     algorithm = ALGORITHM
+    per_leaf = False
 
     def __init__(self, params, *args, **kwargs) -> None:
         given = _SIGNATURE.bind(*args, **kwargs)
@@ -128,9 +109,6 @@ class LBFGS(Optimizer):
         return_annotation=None,
     )
 
-    def _check_initializable(self, group) -> None:
-        pass  # the state is created at the first step, for all params together
-
     def step(self, closure):
         """One torch ``LBFGS.step(closure)``; returns the closure's first loss."""
         if len(self.param_groups) != 1:
@@ -142,18 +120,14 @@ class LBFGS(Optimizer):
                 "LBFGS.step needs a closure: closure(params) -> loss, got "
                 f"{type(closure).__name__}"
             )
-        group = self.param_groups[0]
-        options = self._group_options(group)
+        options = self.group_options(0)
         check_line_search(options)
-        leaves = group["params"]
-        state = self._states[0][0]
+        leaves = self.param_groups[0]["params"]
+        state = self.global_state
         if state is None:
             state = init_state(flatten(leaves)[0], options.history_size)
-        # with one group, the facade's params as given are that group's, in a list
-        # when given as group dicts
-        as_given = _ParamsAsGiven(self._structures[0], self._given_as_groups)
         key, run, captured = compiled_step(
-            closure, as_given, options.line_search_fn, options.history_size
+            closure, self.closure_params(), options.line_search_fn, options.history_size
         )
         self._compiled[key] = run
         self._compiled.move_to_end(key)
@@ -161,15 +135,17 @@ class LBFGS(Optimizer):
             self._compiled.popitem(last=False)
         new_leaves, state = run(list(leaves), state, traced_values(options), captured)
         leaves[:] = new_leaves
-        self._states[0][0] = state
+        self.global_state = state
         return state["orig_loss"]
 
-    def _torch_state(self, state) -> dict:
+    def to_torch_state(self, state) -> dict:
+        """The global state in torch's layout (lists of curvature pairs)."""
         if state is None:
             return {}
         return interop.to_jax(to_torch_layout(state))
 
-    def _loaded_state(self, pid, param, options, saved):
+    def from_torch_state(self, pid, param, options, saved):
+        """The global state from torch's layout, which only the first param has."""
         if saved is None or len(saved) == 0:
             return None
         leaves = self.param_groups[0]["params"]

@@ -1,0 +1,61 @@
+"""The torch-style facade: ``fo.Adam(params, lr=...)`` with torch.optim's interface.
+
+Modules, each importing only those above it (and the library's lower layers):
+
+- :mod:`.hooks`: ``RemovableHandle``, the per-optimizer and global hooks;
+- :mod:`.inputs`: checks on the params and grads users hand in;
+- :mod:`.group`: one param group (its structure, per-leaf states, packs, grads);
+- :mod:`.compiled_step`: the one jitted step over all groups;
+- :mod:`.state_dict`: torch's state-dict format, both ways;
+- :mod:`.optimizer`: the :class:`Optimizer` base and its extension points;
+- :mod:`.classes`: the class factory and ``SGD``, ``Adam``, ...
+"""
+
+from .classes import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Muon,
+    NAdam,
+    RAdam,
+    RMSprop,
+    Rprop,
+    SparseAdam,
+    optimizer_class,
+)
+from .compiled_step import compile_count
+from .hooks import (
+    RemovableHandle,
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from .optimizer import Optimizer, ParamsAsGiven
+
+__all__ = [
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "ParamsAsGiven",
+    "RAdam",
+    "RMSprop",
+    "RemovableHandle",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "compile_count",
+    "optimizer_class",
+    "register_optimizer_step_post_hook",
+    "register_optimizer_step_pre_hook",
+]
