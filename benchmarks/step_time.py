@@ -308,17 +308,19 @@ JAX_PATHS = ("fo jit", "fo packed", "fo facade", "optax")
 COMPILE_PREFIX = "compile_s="
 
 
-def fresh_compile_s(tree: str, name: str, label: str) -> float:
+def fresh_compile_s(tree: str, name: str, label: str) -> float | None:
     """``label``'s compile time, measured alone in a new process."""
-    out = subprocess.run(
+    run = subprocess.run(
         [sys.executable, __file__, "--pytrees", tree, "--optimizers", name]
         + ["--compile-only", label],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith(COMPILE_PREFIX))
-    return float(line.removeprefix(COMPILE_PREFIX))
+    )
+    lines = [x for x in run.stdout.splitlines() if x.startswith(COMPILE_PREFIX)]
+    if run.returncode or not lines:
+        print(f"  note: {label} failed in a fresh process: {run.stderr[-300:]}")
+        return None
+    return float(lines[0].removeprefix(COMPILE_PREFIX))
 
 
 # --- report -------------------------------------------------------------------------
@@ -444,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                         results[tree, name].fresh_compile_s[label] = fresh_compile_s(
                             tree, name, label
                         )
+            print(table({(tree, name): results[tree, name]}), flush=True)
     print(table(results))
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.png:

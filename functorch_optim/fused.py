@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .algorithms.base import Algorithm, Options, to_complex, to_real
+from .algorithms.base import Algorithm, Options, cast, to_complex, to_real
 from .checks import check_grads, check_param_dtypes, leaf_names
 from .core import is_bcoo
 from .sharding import explicit_as_auto, place, place_like
@@ -90,7 +90,7 @@ def run_rule(
 def _cast_like(x: Any, like: Any) -> Any:
     if x is None:
         return None
-    return jnp.asarray(x).astype(jnp.asarray(like).dtype)
+    return cast(jnp.asarray(x), jnp.asarray(like).dtype)
 
 
 def taken_grad(algorithm: Algorithm, grad: Any, options: Options) -> Any:

@@ -137,7 +137,7 @@ def _named_params(params: Any) -> tuple[list[str], list[int]]:
 
 
 def _algorithm_of(tx: Any) -> tuple[Any, Any]:
-    update = getattr(tx, "update", None)
+    update: Any = getattr(tx, "update", None)
     algorithm = getattr(update, "algorithm", None)
     if algorithm is None or algorithm.state_type is None:
         raise TypeError(
@@ -191,7 +191,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
 
     algorithm, options = _algorithm_of(tx)
     names, order = _named_params(params)
-    treedef = jax.tree.structure(params)
+    treedef: Any = jax.tree.structure(params)
     count = int(state.count)
     columns = {
         name: [None] * treedef.num_leaves
@@ -259,7 +259,7 @@ def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
     """
     algorithm, _ = _algorithm_of(tx)
     names, order = _named_params(params)
-    treedef = jax.tree.structure(params)
+    treedef: Any = jax.tree.structure(params)
     template = jax.eval_shape(tx.init, params)
     groups = torch_state_dict["param_groups"]
     saved_states = torch_state_dict["state"]
@@ -348,7 +348,7 @@ def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
         if expected is None:
             fields[field] = None
             continue
-        column = []
+        column: list[Any] = []
         for name, saved, want in zip(
             names, per_leaf, treedef.flatten_up_to(expected), strict=True
         ):

@@ -302,29 +302,41 @@ def opmath_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def cast(x: Any, dtype) -> Any:
+    """``x`` in ``dtype``. No conversion is traced where ``x`` has it already, nor
+    for a Python number (kept weakly typed): a tree of thousands of leaves traces
+    every op of every leaf."""
+    if isinstance(x, (int, float, complex)) or x.dtype == dtype:
+        return x
+    return x.astype(dtype)
+
+
+def _times(value: Any, x: Array, op) -> Array:
+    """``value * x``, with no multiplication traced for torch's default ``1``."""
+    if isinstance(value, int) and value == 1:
+        return x
+    return scalar(value, op) * x
+
+
 def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
     """``torch.lerp`` exactly as torch's CPU kernel runs it: inputs and weight in
     :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
     rounding back to ``start``'s dtype at the end."""
     dtype, opmath = start.dtype, opmath_dtype(start.dtype)
-    start, end, w = (
-        start.astype(opmath),
-        end.astype(opmath),
-        jnp.asarray(weight, opmath),
-    )
+    start, end, w = cast(start, opmath), cast(end, opmath), jnp.asarray(weight, opmath)
     if isinstance(weight, (int, float)):
         # torch's branch, on the rounded weight, chosen now: one formula traced
         if abs(float(np.asarray(weight, opmath))) < 0.5:
-            return (start + w * (end - start)).astype(dtype)
-        return (end - (end - start) * (1 - w)).astype(dtype)
-    return lerp(start, end, w).astype(dtype)
+            return cast(start + w * (end - start), dtype)
+        return cast(end - (end - start) * (1 - w), dtype)
+    return cast(lerp(start, end, w), dtype)
 
 
 def mul(x: Array, factor: Any) -> Array:
     """``x.mul(factor)`` for a scalar factor: torch keeps the factor in
     :func:`opmath_dtype` (JAX would round a Python float to bfloat16 first)."""
     op = opmath_dtype(x.dtype)
-    return (x.astype(op) * scalar(factor, op)).astype(x.dtype)
+    return cast(cast(x, op) * scalar(factor, op), x.dtype)
 
 
 def add(x: Array, y: Any, alpha: Any = 1) -> Array:
@@ -336,27 +348,22 @@ def add(x: Array, y: Any, alpha: Any = 1) -> Array:
     element falls in a SIMD vector; they agree with this to about one bfloat16 ulp.
     """
     op = opmath_dtype(x.dtype)
-    return (x.astype(op) + scalar(alpha, op) * jnp.asarray(y).astype(op)).astype(
-        x.dtype
-    )
+    y = scalar(y, op) if isinstance(y, (int, float)) else cast(jnp.asarray(y), op)
+    return cast(cast(x, op) + _times(alpha, y, op), x.dtype)
 
 
 def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
     """``torch.addcmul``: ``x + value * t1 * t2`` (left to right) in
     :func:`opmath_dtype`, rounded once."""
     op = opmath_dtype(x.dtype)
-    return (x.astype(op) + scalar(value, op) * t1.astype(op) * t2.astype(op)).astype(
-        x.dtype
-    )
+    return cast(cast(x, op) + _times(value, cast(t1, op), op) * cast(t2, op), x.dtype)
 
 
 def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
     """``torch.addcdiv``: ``x + value * t1 / t2`` (left to right) in
     :func:`opmath_dtype`, rounded once."""
     op = opmath_dtype(x.dtype)
-    return (x.astype(op) + scalar(value, op) * t1.astype(op) / t2.astype(op)).astype(
-        x.dtype
-    )
+    return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
 
 
 def scalar(x: Any, dtype) -> Any:

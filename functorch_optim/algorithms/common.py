@@ -13,6 +13,7 @@ from .base import (
     Options,
     add,
     addcmul,
+    cast,
     lerp_kernel,
     mul,
     nonzero,
@@ -86,7 +87,7 @@ def div(x, divisor):
     """``tensor / python_scalar``: torch divides in :func:`opmath_dtype` (JAX would
     round the divisor to bfloat16 first)."""
     op = opmath_dtype(x.dtype)
-    return (x.astype(op) / scalar(divisor, op)).astype(x.dtype)
+    return cast(cast(x, op) / scalar(divisor, op), x.dtype)
 
 
 def apply_weight_decay(param, grad, o: Options):
