@@ -238,6 +238,25 @@ def test_trajectory_parity_with_torch(c, dtype, layout):
     _assert_states_close(opt.state_dict(), torch_opt.state_dict(), dtype)
 
 
+def test_lowered_step_is_the_next_step_unrun(layout):
+    """``lowered_step`` gives the program of the next step (for its memory
+    analysis) and steps nothing: the step after it is the one a twin takes."""
+    lowered, twin = (fo.Adam([jnp.full(3, i + 1.0) for i in range(9)]) for _ in "ab")
+    grads = [jnp.full(3, 0.5)] * 9
+    with pytest.raises(ValueError, match="no parameter has a gradient"):
+        lowered.lowered_step()
+    compiled = lowered.lowered_step(grads).compile()
+    assert compiled.memory_analysis() is not None
+    for p, i in zip(lowered.params, range(9)):
+        np.testing.assert_array_equal(np.asarray(p), np.full(3, i + 1.0))
+    assert any(lowered.debug_layout()) == (layout == "packed")
+    lowered.step()  # the grads lowered_step stored
+    twin.step(grads)
+    for a, b in zip(lowered.params, twin.params, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(lowered.state[0]["step"]) == int(twin.state[0]["step"]) == 1
+
+
 def test_a_step_keeps_the_params_it_replaces(layout):
     """A step leaves the arrays it replaces valid and unchanged: a user may hold
     them (the constructor's inputs, earlier ``opt.params``); only the optimizer's

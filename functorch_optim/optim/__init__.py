@@ -1,6 +1,7 @@
 """The torch-style facade: ``fo.Adam(params, lr=...)`` with torch.optim's interface.
 
-Modules, each importing only those above it (and the library's lower layers):
+Modules, each importing only those above it (and the library's lower layers;
+:mod:`.state_dict` names the :class:`Optimizer` type for the type checker only):
 
 - :mod:`.hooks`: ``RemovableHandle``, the per-optimizer and global hooks;
 - :mod:`.inputs`: checks on the params and grads users hand in;
