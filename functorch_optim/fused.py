@@ -69,12 +69,16 @@ def run_rule(
     else:
         run_param, run_grad, run_state = param, grad, state
 
-    def rule(p, g, s):
-        return algorithm.step(p, g, s, options)
+    # The array values (the step's scalars, traced hyperparameters) are passed in,
+    # not closed over: explicit_as_auto moves its arguments to auto mesh axes.
+    values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
+
+    def rule(p, g, s, values):
+        return algorithm.step(p, g, s, Options({**options, **values}))
 
     if not algorithm.elementwise:
         rule = explicit_as_auto(rule, run_param, run_state)
-    new_param, new_state = rule(run_param, run_grad, run_state)
+    new_param, new_state = rule(run_param, run_grad, run_state, values)
     if as_real:
         new_param = to_complex(new_param, param)
         new_state = {k: to_complex(v, state.get(k)) for k, v in new_state.items()}

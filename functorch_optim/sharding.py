@@ -124,7 +124,7 @@ def constrain(value: Any, sharding: Any, param_shape: tuple) -> Any:
 
 
 def explicit_as_auto(step: Any, param: Any, state: dict) -> Any:
-    """``step(param, grad, state)`` runnable on explicit-sharding meshes.
+    """``step(param, grad, state, *rest)`` runnable on explicit-sharding meshes.
 
     A step that is not elementwise (Muon's matrix products, SparseAdam's gathers)
     has intermediates whose sharding explicit mode cannot decide alone; it runs
