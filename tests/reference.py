@@ -15,25 +15,6 @@ import torch
 
 import functorch_optim as fo
 
-# Each functional transform's facade class, by name.
-FACADE = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adadelta": "Adadelta",
-    "adafactor": "Adafactor",
-    "adagrad": "Adagrad",
-    "adamax": "Adamax",
-    "asgd": "ASGD",
-    "nadam": "NAdam",
-    "radam": "RAdam",
-    "rmsprop": "RMSprop",
-    "rprop": "Rprop",
-    "sparse_adam": "SparseAdam",
-    "muon": "Muon",
-    "lbfgs": "LBFGS",
-}
-
 # Shapes every parity test covers: scalar, vector, matrix, 3-D and size 0.
 SHAPES = ((), (3,), (2, 3), (2, 3, 2), (0,))
 
@@ -106,14 +87,21 @@ def torch_trajectory(
     params: Sequence[np.ndarray],
     grads: Sequence[Sequence[np.ndarray]],
     dtype: str,
+    grad_to_torch: Callable[[int, object], torch.Tensor] | None = None,
 ) -> list[list[np.ndarray]]:
-    """Parameters after each torch ``step()`` fed ``grads``."""
+    """Parameters after each torch ``step()`` fed ``grads``.
+
+    ``grad_to_torch(i, g)`` makes leaf ``i``'s gradient from an entry of ``grads``
+    (sparse gradients); by default ``g`` is an array, converted to ``dtype``.
+    """
     tensors = [to_torch(p, dtype).requires_grad_() for p in params]
     optimizer = make_optimizer(tensors)
+    if grad_to_torch is None:
+        grad_to_torch = lambda i, g: to_torch(g, dtype)  # noqa: E731
     out = []
     for step_grads in grads:
-        for t, g in zip(tensors, step_grads):
-            t.grad = to_torch(g, dtype)
+        for i, (t, g) in enumerate(zip(tensors, step_grads)):
+            t.grad = grad_to_torch(i, g)
         optimizer.step()
         out.append([to_numpy(t) for t in tensors])
     return out
@@ -126,12 +114,16 @@ def functional_trajectory(
     dtype: str,
     jit: bool = True,
     final_state: list | None = None,
+    grad_to_jax: Callable[[int, object], object] | None = None,
 ) -> list[list[np.ndarray]]:
     """Parameters after each ``update`` + ``apply_updates`` fed ``grads``.
 
     When ``final_state`` is a list, the transform's state after the last step is
-    appended to it (to compare with torch's ``optimizer.state``).
+    appended to it (to compare with torch's ``optimizer.state``). ``grad_to_jax``
+    is ``torch_trajectory``'s ``grad_to_torch`` for this side.
     """
+    if grad_to_jax is None:
+        grad_to_jax = lambda i, g: to_jax(g, dtype)  # noqa: E731
     leaves = [to_jax(p, dtype) for p in params]
     state = tx.init(leaves)
 
@@ -142,7 +134,8 @@ def functional_trajectory(
     step = jax.jit(step) if jit else step
     out = []
     for step_grads in grads:
-        leaves, state = step(leaves, state, [to_jax(g, dtype) for g in step_grads])
+        step_grads = [grad_to_jax(i, g) for i, g in enumerate(step_grads)]
+        leaves, state = step(leaves, state, step_grads)
         out.append([to_numpy(p) for p in leaves])
     if final_state is not None:
         final_state.append(state)
@@ -241,19 +234,23 @@ def parity_run(
     dtype: str,
     jit: bool = True,
     skip_state=(),
+    grad_to_torch=None,
+    grad_to_jax=None,
 ) -> float:
     """torch and ``tx`` side by side from ``params`` fed ``grads``: the parameters
     after every step and the final state agree. Returns the largest parameter
-    difference."""
+    difference. ``grad_to_torch`` / ``grad_to_jax``: see ``torch_trajectory``."""
     created = []
 
     def make(tensors):
         created.append((make_optimizer(tensors), tensors))
         return created[-1][0]
 
-    expected = torch_trajectory(make, params, grads, dtype)
+    expected = torch_trajectory(make, params, grads, dtype, grad_to_torch)
     final_state = []
-    actual = functional_trajectory(tx, params, grads, dtype, jit, final_state)
+    actual = functional_trajectory(
+        tx, params, grads, dtype, jit, final_state, grad_to_jax
+    )
     worst = assert_trajectories_close(actual, expected, dtype)
     ((optimizer, tensors),) = created
     assert_state_matches_torch(

@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import sparse
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from reference import FACADE
+from registry import SPECS
 
 import functorch_optim as fo
 from functorch_optim.sharding import derived_sharding
@@ -319,7 +319,7 @@ def check_explicit(name: str, emesh, ref, results: dict) -> None:
 def check_facade(name: str, mesh, ref, results: dict) -> None:
     kwargs, kind, layout, params, grads = problem(name)
     p = put(params, layout, mesh)
-    opt = getattr(fo, FACADE[name])(dict(p), **kwargs)
+    opt = SPECS[name].cls(dict(p), **kwargs)
     for g in grads[:STEPS]:
         opt.step(as_grads(kind, g, layout, mesh))
     check_params_placement(opt.params, p, "facade step")
@@ -434,7 +434,7 @@ def main() -> None:
     print(json.dumps(results))
 
 
-ALGO = {name: getattr(fo.optim, FACADE[name]).algorithm for name in ALGORITHMS}
+ALGO = {name: SPECS[name].algorithm for name in ALGORITHMS}
 
 if __name__ == "__main__":
     # Before JAX starts its backend (lazily, at the first array).

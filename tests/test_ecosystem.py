@@ -20,7 +20,8 @@ import torch
 from flax import nnx
 from flax.training import train_state
 from jax.experimental import sparse
-from reference import FACADE, to_numpy
+from reference import to_numpy
+from registry import SPECS
 
 import functorch_optim as fo
 from functorch_optim import checkpoint
@@ -33,25 +34,9 @@ Y = _RNG.standard_normal((4, 2))
 W0 = _RNG.standard_normal((3, 2))
 B0 = _RNG.standard_normal(2)
 
-# functional name -> (torch class, options). Muon takes matrices only; SparseAdam
-# sparse gradients; LBFGS an objective.
-ALGORITHMS = {
-    "sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
-    "adam": (torch.optim.Adam, dict(lr=0.1, amsgrad=True)),
-    "adamw": (torch.optim.AdamW, dict(lr=0.1)),
-    "adadelta": (torch.optim.Adadelta, dict()),
-    "adafactor": (torch.optim.Adafactor, dict()),
-    "adagrad": (torch.optim.Adagrad, dict(lr_decay=0.1)),
-    "adamax": (torch.optim.Adamax, dict()),
-    "asgd": (torch.optim.ASGD, dict(t0=1)),
-    "nadam": (torch.optim.NAdam, dict(decoupled_weight_decay=True, weight_decay=0.1)),
-    "radam": (torch.optim.RAdam, dict()),
-    "rmsprop": (torch.optim.RMSprop, dict(centered=True, momentum=0.5)),
-    "rprop": (torch.optim.Rprop, dict()),
-    "sparse_adam": (torch.optim.SparseAdam, dict(lr=0.1)),
-    "muon": (torch.optim.Muon, dict(lr=0.1)),
-    "lbfgs": (torch.optim.LBFGS, dict(max_iter=3, line_search_fn="strong_wolfe")),
-}
+# Every algorithm of the registry, with its ``ecosystem`` options. Muon takes
+# matrices only; SparseAdam sparse gradients; LBFGS an objective.
+ALGORITHMS = list(SPECS)
 STEPS = 2
 # Run eagerly, a step of these costs more than compiling it.
 COMPILED = ("lbfgs", "sparse_adam", "adafactor", "muon")
@@ -65,8 +50,8 @@ def test_every_public_algorithm_is_covered():
         and issubclass(getattr(fo, n), fo.Optimizer)
         and n != "Optimizer"
     }
-    assert set(FACADE.values()) == classes
-    assert set(ALGORITHMS) == set(FACADE) <= set(fo.__all__)
+    assert {spec.facade for spec in SPECS.values()} == classes
+    assert set(SPECS) <= set(fo.__all__)
 
 
 def initial_params(name):
@@ -88,7 +73,7 @@ def as_grads(name, grads):
 
 def torch_run(name, scale=1.0):
     """torch's parameters after STEPS steps of the same model (grads scaled)."""
-    torch_cls, options = ALGORITHMS[name]
+    torch_cls, options = SPECS[name].torch_cls, SPECS[name].ecosystem
     params = {k: torch.tensor(np.asarray(v)) for k, v in initial_params(name).items()}
     for p in params.values():
         p.requires_grad_(True)
@@ -126,7 +111,7 @@ def functional_step(name, tx, params, state, update=None):
 
 
 def make(name):
-    return getattr(fo, name)(**ALGORITHMS[name][1])
+    return SPECS[name].functional(**SPECS[name].ecosystem)
 
 
 def assert_matches_torch(actual, expected):
@@ -261,8 +246,8 @@ def facade_step(name, opt):
 
 
 def make_facade(name, params):
-    cls = getattr(fo, FACADE[name])
-    options = dict(ALGORITHMS[name][1])
+    cls = SPECS[name].cls
+    options = dict(SPECS[name].ecosystem)
     if name == "adam":  # a second group with its own options (and tuple betas)
         w, b = (
             params
@@ -404,7 +389,7 @@ def test_vmap_sweep_of_16_learning_rates_is_one_program():
         np.testing.assert_allclose(losses[i], single(lrs[i]), rtol=1e-12)
     # and the sweep is torch's: the best lr's run equals torch.optim.Adam's
     best = float(lrs[int(jnp.argmin(losses))])
-    torch_cls, _ = ALGORITHMS["adam"]
+    torch_cls = SPECS["adam"].torch_cls
     w = torch.tensor(W0, requires_grad=True)
     b = torch.tensor(B0, requires_grad=True)
     opt = torch_cls([w, b], lr=best, amsgrad=True)

@@ -12,53 +12,14 @@ import numpy as np
 import optax
 import pytest
 from jax.experimental import sparse
+from registry import FIRST_ORDER, SPECS
 
 import functorch_optim as fo
 
 # Options that make every algorithm create each of its state entries.
-CASES = {
-    "adadelta": dict(lr=0.5),
-    "adafactor": dict(lr=0.05),
-    "adagrad": dict(lr=0.1, lr_decay=0.01),
-    "adam": dict(lr=0.05, amsgrad=True),
-    "adamw": dict(lr=0.05),
-    "adamax": dict(lr=0.05),
-    "asgd": dict(lr=0.05, t0=1.0),
-    "muon": dict(lr=0.05),
-    "nadam": dict(lr=0.05),
-    "radam": dict(lr=0.05),
-    "rmsprop": dict(lr=0.01, momentum=0.5, centered=True),
-    "rprop": dict(lr=0.05),
-    "sgd": dict(lr=0.05, momentum=0.9),
-    "sparse_adam": dict(lr=0.05),
-}
-STATE_TYPES = {
-    "adadelta": fo.AdadeltaState,
-    "adafactor": fo.AdafactorState,
-    "adagrad": fo.AdagradState,
-    "adam": fo.AdamState,
-    "adamw": fo.AdamWState,
-    "adamax": fo.AdamaxState,
-    "asgd": fo.ASGDState,
-    "muon": fo.MuonState,
-    "nadam": fo.NAdamState,
-    "radam": fo.RAdamState,
-    "rmsprop": fo.RMSpropState,
-    "rprop": fo.RpropState,
-    "sgd": fo.SGDState,
-    "sparse_adam": fo.SparseAdamState,
-}
+CASES = {name: SPECS[name].every_state for name in FIRST_ORDER}
 NAMES = list(CASES)
 STEPS = 5
-ALGORITHMS = {
-    name: getattr(fo, cls).algorithm
-    for name, cls in zip(
-        NAMES,
-        ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Muon"]
-        + ["NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"],
-        strict=True,
-    )
-}
 
 # Muon takes matrices only; the others also get a vector.
 MATRICES = {"w": np.linspace(-1.0, 1.0, 6).reshape(2, 3), "v": np.ones((3, 2))}
@@ -98,9 +59,9 @@ def plain_run(name: str):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_is_a_named_tuple_with_one_count_then_torchs_names(name):
-    algorithm = ALGORITHMS[name]
+    algorithm = SPECS[name].algorithm
     params, state = plain_run(name)
-    assert type(state) is STATE_TYPES[name]
+    assert type(state) is SPECS[name].state_type
     assert state._fields == (
         "count",
         *(n for n in algorithm.state_names if n != "step"),
@@ -163,7 +124,7 @@ def test_tree_map_params_maps_every_params_shaped_entry(name):
     assert int(marked.count) == int(state.count)
     for field in state._fields[1:]:
         before, after = getattr(state, field), getattr(marked, field)
-        if field in ALGORITHMS[name].scalar_names:
+        if field in SPECS[name].algorithm.scalar_names:
             assert after is before, field
         elif before is not None:
             assert all(bool(jnp.all(x == 7)) for x in jax.tree.leaves(after)), field

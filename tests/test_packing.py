@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import reference
 import torch
 from reference import (
     TOLERANCE,
@@ -23,6 +22,7 @@ from reference import (
     to_numpy,
     torch_trajectory,
 )
+from registry import BY_FACADE, SPECS
 
 import functorch_optim as fo
 from functorch_optim import optim, packing
@@ -31,19 +31,8 @@ from functorch_optim import optim, packing
 # MAX_PACKED_SIZE (as the fixture lowers it) stepped alone.
 SHAPES = ((3,), (2, 3), (2, 3, 2), (0,), (1,), (4,), (3, 1), (5,), (), (6, 7))
 
-ELEMENTWISE = {
-    "SGD": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
-    "Adam": {"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
-    "AdamW": {"lr": 0.1, "maximize": True},
-    "Adamax": {"lr": 0.1, "weight_decay": 0.1},
-    "Adagrad": {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
-    "Adadelta": {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
-    "RMSprop": {"lr": 0.01, "centered": True, "momentum": 0.5},
-    "Rprop": {"lr": 0.01},
-    "NAdam": {"lr": 0.1, "decoupled_weight_decay": True, "weight_decay": 0.1},
-    "RAdam": {"lr": 0.1, "weight_decay": 0.1},
-    "ASGD": {"lr": 0.1, "t0": 1.0},
-}
+# Each elementwise algorithm's facade class name -> its packing options.
+ELEMENTWISE = {s.facade: s.packing for s in SPECS.values() if s.packing is not None}
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +85,7 @@ def _assert_same(packed, alone):
 
 
 def test_every_elementwise_algorithm_packs_and_no_other_does():
-    classes = [getattr(fo, name) for name in reference.FACADE.values()]
+    classes = [spec.cls for spec in SPECS.values()]
     elementwise = {c.__name__ for c in classes if c.algorithm.elementwise}
     assert elementwise == set(ELEMENTWISE)
     opt = fo.Adafactor(_params(shapes=((3, 2),) * 4))
@@ -243,20 +232,6 @@ def test_elementwise_init_depends_on_shape_and_dtype_only(name):
 
 # --- fo.packed: the functional transforms with packed state ------------------------
 
-FUNCTIONAL = {
-    "SGD": "sgd",
-    "Adam": "adam",
-    "AdamW": "adamw",
-    "Adamax": "adamax",
-    "Adagrad": "adagrad",
-    "Adadelta": "adadelta",
-    "RMSprop": "rmsprop",
-    "Rprop": "rprop",
-    "NAdam": "nadam",
-    "RAdam": "radam",
-    "ASGD": "asgd",
-}
-
 
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
 def test_packed_transform_matches_torch(name):
@@ -267,7 +242,7 @@ def test_packed_transform_matches_torch(name):
     expected = torch_trajectory(
         lambda ps: getattr(torch.optim, name)(ps, **options), params, grads, dtype
     )
-    tx = fo.packed(getattr(fo, FUNCTIONAL[name])(**options))
+    tx = fo.packed(BY_FACADE[name].functional(**options))
     state = tx.init([jnp.asarray(p, dtype) for p in params])
     assert [len(i) for i in state.layout.indices] == [8]
     actual = functional_trajectory(tx, params, grads, dtype)

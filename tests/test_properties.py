@@ -38,6 +38,7 @@ from reference import (
     to_torch,
     torch_trajectory,
 )
+from registry import FIRST_ORDER, SPECS
 from test_facade import _assert_same, _load_fails_and_changes_nothing, _set, _snapshot
 
 import functorch_optim as fo
@@ -53,23 +54,7 @@ SETTINGS = settings(
 # Every facade class with a per-leaf rule, and options that switch on more of its
 # rule than the defaults do.
 OPTIONS = {
-    fo.SGD: dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
-    fo.Adam: dict(lr=0.05, amsgrad=True, weight_decay=0.1),
-    fo.AdamW: dict(lr=0.05),
-    fo.Adadelta: dict(lr=0.5, weight_decay=0.1),
-    # torch's Adafactor takes eps1=None as finfo(dtype).eps of the FIRST param of
-    # the group for all its params; the rule uses each leaf's own dtype. They agree
-    # on single-dtype groups (test_algorithms_parity_b); here eps1 is explicit.
-    fo.Adafactor: dict(lr=0.5, eps=(1e-12, 1e-3)),
-    fo.Adagrad: dict(lr=0.1, lr_decay=0.1),
-    fo.Adamax: dict(lr=0.05),
-    fo.ASGD: dict(lr=0.05, t0=1.0),
-    fo.Muon: dict(lr=0.02),
-    fo.NAdam: dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
-    fo.RAdam: dict(lr=0.05),
-    fo.RMSprop: dict(lr=0.03, centered=True, momentum=0.5),
-    fo.Rprop: dict(lr=0.05),
-    fo.SparseAdam: dict(lr=0.05),
+    spec.cls: spec.properties for spec in SPECS.values() if spec.name in FIRST_ORDER
 }
 DENSE = [c for c in OPTIONS if c is not fo.SparseAdam]
 ALL_CLASSES = [*OPTIONS, fo.LBFGS]

@@ -20,6 +20,7 @@ import multiprocess_worker
 import numpy as np
 import pytest
 import sharding_checks  # defines the cases; runs nothing on import
+from registry import SPECS
 
 import functorch_optim as fo
 
@@ -81,15 +82,11 @@ def _assert_ok(results: dict, key: str) -> None:
 
 
 ALGORITHMS = list(sharding_checks.ALGORITHMS)
-ELEMENTWISE = [
-    name
-    for name in ALGORITHMS
-    if getattr(fo, sharding_checks.FACADE[name]).algorithm.elementwise
-]
+ELEMENTWISE = [name for name in ALGORITHMS if SPECS[name].elementwise]
 
 
 def test_every_algorithm_is_checked():
-    names = {sharding_checks.FACADE[n] for n in sharding_checks.ALGORITHMS}
+    names = {SPECS[n].facade for n in sharding_checks.ALGORITHMS}
     facade_classes = {
         name
         for name in fo.__all__

@@ -9,26 +9,12 @@ import numpy as np
 import pytest
 import torch
 from jax.experimental import sparse
+from registry import BY_FACADE, FIRST_ORDER, SPECS
 
 import functorch_optim as fo
 
-# Options under which each algorithm keeps every entry it has.
-CASES = {
-    "Adadelta": dict(lr=0.5),
-    "Adafactor": dict(lr=0.05),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01),
-    "Adam": dict(lr=0.05, amsgrad=True),
-    "AdamW": dict(lr=0.05),
-    "Adamax": dict(lr=0.05),
-    "ASGD": dict(lr=0.05, t0=1.0),
-    "Muon": dict(lr=0.05),
-    "NAdam": dict(lr=0.05),
-    "RAdam": dict(lr=0.05),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
-    "Rprop": dict(lr=0.05),
-    "SGD": dict(lr=0.05, momentum=0.9),
-    "SparseAdam": dict(lr=0.05),
-}
+# Options under which each algorithm keeps every entry it has, by class name.
+CASES = {SPECS[name].facade: SPECS[name].every_state for name in FIRST_ORDER}
 STEPS_BEFORE = 2
 
 
@@ -79,7 +65,7 @@ def _fo_steps(name: str, tx, params: dict, state, names: list[str], steps):
 
 
 def _transform(name: str):
-    return getattr(fo, fo.__dict__[name].algorithm.functional.__name__)(**CASES[name])
+    return BY_FACADE[name].functional(**CASES[name])
 
 
 def _assert_params_equal(model, params: dict) -> None:

@@ -85,23 +85,6 @@ def test_unknown_keyword_is_a_type_error():
         fo.adam(learning_rate=0.1)
 
 
-def test_signatures_match_torch():
-    import inspect
-
-    for name, torch_cls in [
-        ("sgd", torch.optim.SGD),
-        ("adam", torch.optim.Adam),
-        ("adamw", torch.optim.AdamW),
-    ]:
-        ours = inspect.signature(getattr(fo, name)).parameters
-        theirs = dict(inspect.signature(torch_cls).parameters)
-        theirs.pop("params")
-        assert list(ours) == list(theirs), name
-        for key, p in theirs.items():
-            assert ours[key].default == p.default, (name, key)
-            assert ours[key].kind == p.kind, (name, key)
-
-
 # --- JAX transformations --------------------------------------------------------------
 
 

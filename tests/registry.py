@@ -1,0 +1,359 @@
+"""Every algorithm under test, once: the case registry that the test files draw from.
+
+In the style of torch's ``common_optimizers.optim_db``: one record per algorithm
+holds what the generic tests need to know about it (its facade class, functional
+constructor and torch class, the option grid its parity tests run, the dtypes and
+shapes torch accepts for it, and option sets for the other suites). A test that
+runs "every algorithm" parametrizes over ``SPECS``; adding an algorithm to the
+library is one record here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import torch
+from reference import DTYPES, SHAPES
+
+import functorch_optim as fo
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One algorithm and its test cases.
+
+    name: the functional constructor's name (``fo.<name>``).
+    facade: the facade class's name (``fo.<facade>``), torch's class name too.
+    grid: option sets for the parity runs, each setting options at zero and nonzero
+      values, alone and together; every one runs in every dtype of ``dtypes``.
+    dtypes: the parameter dtypes torch runs (the others get torch's error).
+    shapes: the leaf shapes of one parity pytree (torch's limits on shapes).
+    steps: steps per parity run (RAdam needs 7 to cross its rectification switch).
+    every_state: options under which the algorithm creates each of its state
+      entries (amsgrad, momentum, centered, ASGD's averaging).
+    ecosystem: options for the optax / flax / checkpoint integration tests.
+    properties: options for the property tests (test_properties), switching on
+      more of the rule than the defaults do.
+    packing: options for the packed-leaves tests; set exactly for the elementwise
+      algorithms (test_packing checks that).
+    """
+
+    name: str
+    facade: str
+    grid: tuple[dict, ...] = ({},)
+    dtypes: tuple[str, ...] = DTYPES
+    shapes: tuple[tuple, ...] = SHAPES
+    steps: int = 4
+    every_state: dict = dataclasses.field(default_factory=dict)
+    ecosystem: dict = dataclasses.field(default_factory=dict)
+    properties: dict = dataclasses.field(default_factory=dict)
+    packing: dict | None = None
+
+    @property
+    def functional(self):
+        return getattr(fo, self.name)
+
+    @property
+    def cls(self) -> type:
+        return getattr(fo, self.facade)
+
+    @property
+    def torch_cls(self) -> type:
+        return getattr(torch.optim, self.facade)
+
+    @property
+    def algorithm(self):
+        """The per-leaf rule's record (its state names, torch facts, flags)."""
+        return self.cls.algorithm
+
+    @property
+    def elementwise(self) -> bool:
+        return self.algorithm.elementwise
+
+    @property
+    def supports_complex(self) -> bool:
+        return any(d.startswith("complex") for d in self.dtypes)
+
+    @property
+    def sparse(self) -> bool:
+        """Steps on sparse (BCOO) gradients only."""
+        return self.name == "sparse_adam"
+
+    @property
+    def state_type(self) -> type:
+        """The functional state's NamedTuple (``fo.AdamState``, ...)."""
+        return getattr(fo, f"{self.facade}State")
+
+
+def _sgd_grid():
+    for momentum, dampening, nesterov in [
+        (0.0, 0.0, False),
+        (0.9, 0.0, False),
+        (0.9, 0.0, True),
+        (0.8, 0.3, False),
+    ]:
+        for weight_decay, maximize in itertools.product([0.0, 0.1], [False, True]):
+            yield dict(
+                lr=0.1,
+                momentum=momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                weight_decay=weight_decay,
+                maximize=maximize,
+            )
+
+
+def _adam_grid(decoupled_options=(False, True)):
+    for amsgrad, maximize, weight_decay, decoupled in itertools.product(
+        [False, True], [False, True], [0.0, 0.1], decoupled_options
+    ):
+        options = dict(
+            lr=0.05,
+            betas=(0.8, 0.95),
+            amsgrad=amsgrad,
+            maximize=maximize,
+            weight_decay=weight_decay,
+        )
+        if decoupled is not None:
+            options["decoupled_weight_decay"] = decoupled
+        yield options
+
+
+# torch's Adafactor divides by the element count (size 0 raises); Muon takes 2-D
+# parameters only: wide, tall, square and empty.
+NONEMPTY_SHAPES = tuple(s for s in SHAPES if np.prod(s) > 0) + ((3, 1, 4),)
+MATRIX_SHAPES = ((3, 5), (5, 3), (4, 4), (0, 3))
+REAL_DTYPES = tuple(d for d in DTYPES if not d.startswith("complex"))
+
+SPECS = {
+    spec.name: spec
+    for spec in [
+        Spec(
+            "sgd",
+            "SGD",
+            properties=dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+            packing={"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            grid=tuple(_sgd_grid()),
+            every_state=dict(lr=0.05, momentum=0.9),
+            ecosystem=dict(lr=0.1, momentum=0.9, nesterov=True),
+        ),
+        Spec(
+            "adam",
+            "Adam",
+            properties=dict(lr=0.05, amsgrad=True, weight_decay=0.1),
+            packing={"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
+            grid=tuple(_adam_grid()),
+            every_state=dict(lr=0.05, amsgrad=True),
+            ecosystem=dict(lr=0.1, amsgrad=True),
+        ),
+        Spec(
+            "adamw",
+            "AdamW",
+            properties=dict(lr=0.05),
+            packing={"lr": 0.1, "maximize": True},
+            grid=tuple(_adam_grid((None,))),
+            every_state=dict(lr=0.05),
+            ecosystem=dict(lr=0.1),
+        ),
+        Spec(
+            "adadelta",
+            "Adadelta",
+            properties=dict(lr=0.5, weight_decay=0.1),
+            packing={"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
+            grid=(
+                {},
+                dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1),
+                dict(rho=1.0, weight_decay=0.1, maximize=True),
+            ),
+            steps=5,
+            every_state=dict(lr=0.5),
+        ),
+        Spec(
+            "adafactor",
+            "Adafactor",
+            # torch's Adafactor takes eps1=None as finfo(dtype).eps of the FIRST
+            # param of the group for all its params; the rule uses each leaf's own
+            # dtype. They agree on single-dtype groups (test_parity); the mixed-dtype
+            # groups of test_properties set eps1.
+            properties=dict(lr=0.5, eps=(1e-12, 1e-3)),
+            grid=(
+                {},
+                dict(lr=0.5, weight_decay=0.1),  # lr > 1/sqrt(t): rho_t = 1/sqrt(t)
+                dict(beta2_decay=-0.5, eps=(1e-3, 1e-2), maximize=True),
+                dict(d=1.5, eps=(None, 0.5), foreach=True),
+                dict(beta2_decay=0.0, d=100.0),
+            ),
+            dtypes=REAL_DTYPES,
+            shapes=NONEMPTY_SHAPES,
+            every_state=dict(lr=0.05),
+        ),
+        Spec(
+            "adagrad",
+            "Adagrad",
+            properties=dict(lr=0.1, lr_decay=0.1),
+            packing={"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+            grid=(
+                {},
+                dict(lr=0.1, lr_decay=0.1, weight_decay=0.1),
+                dict(
+                    lr_decay=0.05,
+                    initial_accumulator_value=0.3,
+                    eps=1e-3,
+                    maximize=True,
+                ),
+            ),
+            steps=5,
+            every_state=dict(lr=0.1, lr_decay=0.01),
+            ecosystem=dict(lr_decay=0.1),
+        ),
+        Spec(
+            "adamax",
+            "Adamax",
+            properties=dict(lr=0.05),
+            packing={"lr": 0.1, "weight_decay": 0.1},
+            grid=(
+                {},
+                dict(lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1),
+                dict(weight_decay=0.1, maximize=True),
+            ),
+            steps=5,
+            every_state=dict(lr=0.05),
+        ),
+        Spec(
+            "asgd",
+            "ASGD",
+            properties=dict(lr=0.05, t0=1.0),
+            packing={"lr": 0.1, "t0": 1.0},
+            grid=(
+                {},  # t0 = 1e6: mu stays 1 and ax copies the parameters
+                dict(lr=0.05, lambd=0.1, alpha=0.5, t0=1.0, weight_decay=0.1),
+                dict(lr=0.05, lambd=0.01, t0=2.0, maximize=True),
+            ),
+            steps=5,
+            every_state=dict(lr=0.05, t0=1.0),
+            ecosystem=dict(t0=1),
+        ),
+        Spec(
+            "nadam",
+            "NAdam",
+            properties=dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
+            packing={"lr": 0.1, "decoupled_weight_decay": True, "weight_decay": 0.1},
+            grid=(
+                {},
+                dict(lr=0.05, betas=(0.8, 0.95), momentum_decay=0.1, weight_decay=0.1),
+                dict(
+                    weight_decay=0.1,
+                    decoupled_weight_decay=True,
+                    maximize=True,
+                    momentum_decay=0.0,
+                ),
+            ),
+            steps=5,
+            every_state=dict(lr=0.05),
+            ecosystem=dict(decoupled_weight_decay=True, weight_decay=0.1),
+        ),
+        Spec(
+            "radam",
+            "RAdam",
+            properties=dict(lr=0.05),
+            packing={"lr": 0.1, "weight_decay": 0.1},
+            grid=(
+                {},
+                dict(lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1),
+                dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+            ),
+            # RAdam rectifies only once rho_t > 5, from the 5th or 6th step on for
+            # usual betas.
+            steps=7,
+            every_state=dict(lr=0.05),
+        ),
+        Spec(
+            "rmsprop",
+            "RMSprop",
+            properties=dict(lr=0.03, centered=True, momentum=0.5),
+            packing={"lr": 0.01, "centered": True, "momentum": 0.5},
+            grid=(
+                {},
+                dict(lr=0.05, momentum=0.9),
+                dict(centered=True, alpha=0.5, eps=1e-3),
+                dict(
+                    lr=0.03, centered=True, momentum=0.5, weight_decay=0.1, foreach=True
+                ),
+                dict(
+                    weight_decay=0.1,
+                    maximize=True,
+                    capturable=True,
+                    differentiable=True,
+                ),
+            ),
+            every_state=dict(lr=0.01, momentum=0.5, centered=True),
+            ecosystem=dict(centered=True, momentum=0.5),
+        ),
+        Spec(
+            "rprop",
+            "Rprop",
+            properties=dict(lr=0.05),
+            packing={"lr": 0.01},
+            grid=(
+                {},
+                dict(lr=0.05, etas=(0.3, 1.5)),
+                dict(step_sizes=(5e-3, 1.5e-2), maximize=True),
+                dict(lr=0.1, etas=(0.7, 1.1), step_sizes=(1e-2, 1.0), foreach=True),
+                dict(capturable=True, differentiable=True),
+            ),
+            every_state=dict(lr=0.05),
+        ),
+        Spec(
+            "sparse_adam",
+            "SparseAdam",
+            properties=dict(lr=0.05),
+            grid=(
+                {},
+                dict(lr=0.05, betas=(0.8, 0.95), eps=1e-4),
+                dict(lr=0.02, maximize=True),
+            ),
+            dtypes=REAL_DTYPES,
+            every_state=dict(lr=0.05),
+            ecosystem=dict(lr=0.1),
+        ),
+        Spec(
+            "muon",
+            "Muon",
+            properties=dict(lr=0.02),
+            grid=(
+                {},
+                dict(lr=0.02, nesterov=False, adjust_lr_fn="original"),
+                dict(
+                    lr=0.05,
+                    momentum=0.5,
+                    weight_decay=0.0,
+                    adjust_lr_fn="match_rms_adamw",
+                ),
+                dict(
+                    ns_steps=3, ns_coefficients=(2.0, -1.5, 0.5), eps=1e-3, momentum=0.0
+                ),
+            ),
+            dtypes=REAL_DTYPES,
+            shapes=MATRIX_SHAPES,
+            every_state=dict(lr=0.05),
+            ecosystem=dict(lr=0.1),
+        ),
+        # L-BFGS steps on a closure, not on grads: the grid-based parity tests skip
+        # it (tests/test_lbfgs.py is its parity suite).
+        Spec(
+            "lbfgs",
+            "LBFGS",
+            grid=(),
+            dtypes=("float32", "float64"),
+            ecosystem=dict(max_iter=3, line_search_fn="strong_wolfe"),
+        ),
+    ]
+}
+
+# Algorithms that step on gradients (all but L-BFGS).
+FIRST_ORDER = [name for name in SPECS if name != "lbfgs"]
+
+# The same records by facade class name (torch's class name).
+BY_FACADE = {spec.facade: spec for spec in SPECS.values()}
