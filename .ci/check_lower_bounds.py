@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_AT_MINIMUM = {
     "ruff",
     "mypy",
-    "orbax-checkpoint",
     "nbclient",
     "nbformat",
     "ipykernel",
