@@ -38,6 +38,8 @@ class Spec:
       more of the rule than the defaults do.
     packing: options for the packed-leaves tests; set exactly for the elementwise
       algorithms (test_packing checks that).
+    sharding: options for the sharding checks where they differ from
+      ``every_state`` (weight decay on too).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Spec:
     ecosystem: dict = dataclasses.field(default_factory=dict)
     properties: dict = dataclasses.field(default_factory=dict)
     packing: dict | None = None
+    sharding: dict | None = None
 
     @property
     def functional(self):
@@ -133,6 +136,7 @@ SPECS = {
         Spec(
             "sgd",
             "SGD",
+            sharding=dict(lr=0.1, momentum=0.9, weight_decay=0.01),
             properties=dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
             packing={"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
             grid=tuple(_sgd_grid()),
@@ -142,6 +146,7 @@ SPECS = {
         Spec(
             "adam",
             "Adam",
+            sharding=dict(lr=0.05, amsgrad=True, weight_decay=0.01),
             properties=dict(lr=0.05, amsgrad=True, weight_decay=0.1),
             packing={"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
             grid=tuple(_adam_grid()),
@@ -160,6 +165,7 @@ SPECS = {
         Spec(
             "adadelta",
             "Adadelta",
+            sharding=dict(lr=0.5, weight_decay=0.01),
             properties=dict(lr=0.5, weight_decay=0.1),
             packing={"lr": 0.5, "rho": 0.8, "weight_decay": 0.1},
             grid=(
@@ -272,6 +278,7 @@ SPECS = {
         Spec(
             "rmsprop",
             "RMSprop",
+            sharding=dict(lr=0.01, momentum=0.9, centered=True),
             properties=dict(lr=0.03, centered=True, momentum=0.5),
             packing={"lr": 0.01, "centered": True, "momentum": 0.5},
             grid=(

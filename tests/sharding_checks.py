@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import sparse
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from registry import SPECS
+from registry import FIRST_ORDER, MATRIX_SHAPES, SPECS
 
 import functorch_optim as fo
 from functorch_optim.sharding import derived_sharding
@@ -36,26 +36,29 @@ COLLECTIVES = (
     "reduce-scatter",
 )
 
-# name -> (functional kwargs, the leaves' layout). Options turn on every state
-# entry the algorithm has (amsgrad, momentum, centered, ASGD's averaging).
+# name -> (functional kwargs, the leaves' layout, complex leaves too). Options turn
+# on every state entry the algorithm has (the registry's ``sharding`` options where
+# it gives them, else its ``every_state``); Adam also steps complex leaves.
 GENERAL = "general"  # matrix, vector, 3-D and scalar leaves (+ complex for some)
 MATRICES = "matrices"  # Muon: 2-D leaves only
 SPARSE = "sparse"  # SparseAdam: BCOO gradients
+
+
+def _layout_kind(spec) -> str:
+    if spec.sparse:
+        return SPARSE
+    return MATRICES if spec.shapes == MATRIX_SHAPES else GENERAL
+
+
 ALGORITHMS = {
-    "sgd": (dict(lr=0.1, momentum=0.9, weight_decay=0.01), GENERAL, False),
-    "adam": (dict(lr=0.05, amsgrad=True, weight_decay=0.01), GENERAL, True),
-    "adamw": (dict(lr=0.05), GENERAL, False),
-    "adadelta": (dict(lr=0.5, weight_decay=0.01), GENERAL, False),
-    "adafactor": (dict(lr=0.05), GENERAL, False),
-    "adagrad": (dict(lr=0.1, lr_decay=0.01), GENERAL, False),
-    "adamax": (dict(lr=0.05), GENERAL, False),
-    "asgd": (dict(lr=0.05, t0=1.0), GENERAL, False),
-    "muon": (dict(lr=0.05), MATRICES, False),
-    "nadam": (dict(lr=0.05), GENERAL, False),
-    "radam": (dict(lr=0.05), GENERAL, False),
-    "rmsprop": (dict(lr=0.01, momentum=0.9, centered=True), GENERAL, False),
-    "rprop": (dict(lr=0.05), GENERAL, False),
-    "sparse_adam": (dict(lr=0.05), SPARSE, False),
+    name: (
+        SPECS[name].every_state
+        if SPECS[name].sharding is None
+        else SPECS[name].sharding,
+        _layout_kind(SPECS[name]),
+        name == "adam",
+    )
+    for name in FIRST_ORDER
 }
 
 
