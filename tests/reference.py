@@ -97,7 +97,7 @@ def torch_trajectory(
     tensors = [to_torch(p, dtype).requires_grad_() for p in params]
     optimizer = make_optimizer(tensors)
     if grad_to_torch is None:
-        grad_to_torch = lambda i, g: to_torch(g, dtype)  # noqa: E731
+        grad_to_torch = lambda i, g: to_torch(g, dtype)
     out = []
     for step_grads in grads:
         for i, (t, g) in enumerate(zip(tensors, step_grads)):
@@ -123,7 +123,7 @@ def functional_trajectory(
     is ``torch_trajectory``'s ``grad_to_torch`` for this side.
     """
     if grad_to_jax is None:
-        grad_to_jax = lambda i, g: to_jax(g, dtype)  # noqa: E731
+        grad_to_jax = lambda i, g: to_jax(g, dtype)
     leaves = [to_jax(p, dtype) for p in params]
     state = tx.init(leaves)
 
