@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 
-import jax
 import jax.numpy as jnp
 import optax
+from toolkit import compile_phases, donated_step, many_leaves  # this script's folder
 
 import functorch_optim as fo
 
@@ -24,27 +23,14 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=2000)
     parser.add_argument("--which", choices=("fo", "optax"), default="fo")
     args = parser.parse_args()
-    params = {f"l{i:05d}": jnp.ones((1024,), jnp.float32) for i in range(args.leaves)}
+    params = {k: jnp.ones(s, jnp.float32) for k, s in many_leaves(args.leaves).items()}
     tx = optax.adam(1e-3) if args.which == "optax" else fo.adam(lr=1e-3)
-    state = tx.init(params)
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    start = time.perf_counter()
-    traced = jitted.trace(params, state, params)
-    traced_at = time.perf_counter()
-    lowered = traced.lower()
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    done = time.perf_counter()
-    ops = len(re.findall(r"stablehlo\.\w+", lowered.as_text())) / args.leaves
-    fusions = len(re.findall(r" fusion\(", compiled.as_text())) / args.leaves
+    c = compile_phases(donated_step(tx), params, tx.init(params), params)
+    ops = len(re.findall(r"stablehlo\.\w+", c.lowered.as_text())) / args.leaves
+    fusions = len(re.findall(r" fusion\(", c.compiled.as_text())) / args.leaves
     print(
-        f"{args.which} {args.leaves} leaves: trace {traced_at - start:.2f} s, lower "
-        f"{lowered_at - traced_at:.2f} s, XLA compile {done - lowered_at:.2f} s; "
+        f"{args.which} {args.leaves} leaves: trace {c.trace_s:.2f} s, lower "
+        f"{c.lower_s:.2f} s, XLA compile {c.xla_s:.2f} s; "
         f"{ops:.1f} StableHLO ops and {fusions:.2f} fusions per leaf"
     )
 

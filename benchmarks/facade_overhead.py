@@ -3,7 +3,7 @@
 Both sides run the same rule (Adam by default) on a 150-leaf GPT-like pytree:
 
 * ``functional``  ``jax.jit(step, donate_argnums=(0, 1))`` around
-                  ``fo.adam(...).update`` + ``fo.apply_updates``: the floor;
+                  ``fo.adam(...).update`` + ``optax.apply_updates``: the floor;
 * ``facade``      ``opt.step(grads)`` of ``fo.Adam``: the same math in one jitted,
                   donated XLA computation, plus the facade's Python work (reading
                   ``param_groups``, splitting hyperparameters into static and traced
@@ -20,76 +20,27 @@ per step and the ratio facade / functional.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from step_time import transformer  # the anchor tree (this script's folder)
+from toolkit import (  # this script's folder
+    facade_step,
+    interleaved_medians,
+    make_arrays,
+    transform_step,
+    transformer,
+)
 
 import functorch_optim as fo
 
-MS = 1e3
-
 
 def gpt_shapes(d: int) -> dict[str, tuple]:
-    """step_time.py's 150-leaf GPT-like anchor (d = 768) with every width scaled to
-    ``d``: 12 blocks of 12 leaves + embeddings, final norm and head."""
+    """The 150-leaf GPT-like anchor (d = 768) with every width scaled to ``d``: 12
+    blocks of 12 leaves + embeddings, final norm and head."""
     return {
         name: tuple(max(1, n * d // 768) for n in shape)
         for name, shape in transformer().items()
     }
-
-
-def arrays(shapes: dict[str, tuple], seed: int) -> dict[str, jax.Array]:
-    rng = np.random.default_rng(seed)
-    return {
-        k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()
-    }
-
-
-def functional_step(functional, shapes, grads, options):
-    tx = functional(**options)
-
-    def update(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return fo.apply_updates(params, updates), state
-
-    update = jax.jit(update, donate_argnums=(0, 1))
-    params = arrays(shapes, 0)
-    carry = [params, tx.init(params)]
-
-    def step():
-        carry[0], carry[1] = update(carry[0], carry[1], grads)
-        jax.block_until_ready(carry[0])
-
-    return step
-
-
-def facade_step(cls, shapes, grads, options):
-    opt = cls(arrays(shapes, 0), **options)
-
-    def step():
-        opt.step(grads)
-        jax.block_until_ready(opt.param_groups[0]["params"])
-
-    return step
-
-
-def median_ms(steps, repeats: int) -> list[float]:
-    """Median wall time of each step function, run interleaved so that load from
-    other processes weighs on all of them alike."""
-    for step in steps:  # compile, then one warm step
-        step()
-        step()
-    times = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, t in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            t.append(time.perf_counter() - start)
-    return [statistics.median(t) * MS for t in times]
 
 
 def main() -> None:
@@ -112,15 +63,16 @@ def main() -> None:
     )
     for d in args.widths:
         shapes = gpt_shapes(d)
-        grads = arrays(shapes, 1)
+        params, grads = make_arrays(shapes, 0), make_arrays(shapes, 1)
         size = sum(int(np.prod(s)) for s in shapes.values())
-        base, ours = median_ms(
-            [
-                functional_step(functional, shapes, grads, options),
-                facade_step(cls, shapes, grads, options),
-            ],
+        medians = interleaved_medians(
+            {
+                "functional": transform_step(functional(**options), params, grads).run,
+                "facade": facade_step(cls, params, grads, **options).run,
+            },
             args.repeats,
         )
+        base, ours = medians["functional"], medians["facade"]
         print(
             f"{d:>5} {size / 1e6:>9.2f}M {base:>14.3f} {ours:>10.3f} "
             f"{ours - base:>12.3f} {ours / base:>6.2f}"

@@ -2,8 +2,9 @@
 
 Logistic regression (``n = 2 d`` samples, noisy labels, L2 1e-6, float64),
 strong-Wolfe line search, history 10, one ``step()`` of up to 50 iterations from the
-same start, for d = 10 / 1000 / 5000. Compile time (the first call) is reported
-apart; run time is the median of the repeats. functorch_optim's iterates are
+same start, for d = 10 / 1000 / 5000. Compile time (what the first call takes
+beyond the second) is reported apart; run time is the median of the repeats, the
+libraries taking turns. functorch_optim's iterates are
 checked against torch's.
 
     python benchmarks/lbfgs.py [--sizes 10 1000 5000] [--repeats 5]
@@ -15,8 +16,6 @@ algorithms (their line searches differ), so compare their time per iteration.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
+from toolkit import MS, first_call_s, interleaved_medians  # noqa: E402 (this folder)
 
 import functorch_optim as fo  # noqa: E402
 
@@ -57,20 +57,7 @@ def loss_of(lib, x, y):
     return loss
 
 
-def timed(run, repeats):
-    """(first call's seconds, median of the next ``repeats`` calls, last result)."""
-    start = time.perf_counter()
-    result = run()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), result
-
-
-def bench_torch(x, y, repeats):
+def bench_torch(x, y):
     loss = loss_of(torch, torch.tensor(x), torch.tensor(y))
 
     def run():
@@ -94,7 +81,7 @@ def bench_torch(x, y, repeats):
         state = opt.state[w]
         return w.detach().numpy(), state["n_iter"], state["func_evals"]
 
-    return timed(run, repeats)
+    return run
 
 
 def _jax_data(x, y):
@@ -103,7 +90,19 @@ def _jax_data(x, y):
     return jnp.asarray(x), jnp.asarray(y), jnp.zeros(x.shape[1])
 
 
-def bench_ours(x, y, repeats):
+def _counted_run(solve, x, y):
+    """One solve from the start, for a jitted ``solve(w, x, y)`` that returns
+    ``(w, iterations, evaluations)``."""
+    x, y, w0 = _jax_data(x, y)
+
+    def run():
+        w, n_iter, evals = jax.block_until_ready(solve(w0, x, y))
+        return np.asarray(w), int(n_iter), int(evals)
+
+    return run
+
+
+def bench_ours(x, y):
     tx = fo.lbfgs(
         max_iter=ITERATIONS,
         history_size=HISTORY,
@@ -117,16 +116,10 @@ def bench_ours(x, y, repeats):
         updates, state = tx.update(None, tx.init(w), w, value_fn=loss_of(jnp, x, y))
         return fo.apply_updates(w, updates), state["n_iter"], state["func_evals"]
 
-    x, y, w0 = _jax_data(x, y)
-
-    def run():
-        w, n_iter, evals = jax.block_until_ready(solve(w0, x, y))
-        return np.asarray(w), int(n_iter), int(evals)
-
-    return timed(run, repeats)
+    return _counted_run(solve, x, y)
 
 
-def bench_optax(x, y, repeats):
+def bench_optax(x, y):
     opt = optax.lbfgs(memory_size=HISTORY)
 
     @jax.jit
@@ -151,10 +144,10 @@ def bench_optax(x, y, repeats):
         w = jax.block_until_ready(solve(w0, x, y))
         return np.asarray(w), ITERATIONS, None  # optax counts no evaluations
 
-    return timed(run, repeats)
+    return run
 
 
-def bench_jaxopt(x, y, repeats):
+def bench_jaxopt(x, y):
     @jax.jit
     def solve(w, x, y):
         solver = jaxopt.LBFGS(
@@ -167,13 +160,7 @@ def bench_jaxopt(x, y, repeats):
         w, state = solver.run(w)
         return w, state.iter_num, state.num_fun_eval
 
-    x, y, w0 = _jax_data(x, y)
-
-    def run():
-        w, n_iter, evals = jax.block_until_ready(solve(w0, x, y))
-        return np.asarray(w), int(n_iter), int(evals)
-
-    return timed(run, repeats)
+    return _counted_run(solve, x, y)
 
 
 def main():
@@ -200,14 +187,17 @@ def main():
     print("-" * len(header))
     for d in args.sizes:
         x, y = problem(d)
-        results = {}
-        for name, bench in contenders:
-            first, median, (w, n_iter, evals) = bench(x, y, args.repeats)
-            results[name] = (first, median, w, n_iter, evals)
+        runs = {name: bench(x, y) for name, bench in contenders}
+        firsts = {name: first_call_s(run) for name, run in runs.items()}
+        medians = interleaved_medians(runs, args.repeats)
+        # (compile s, median s, w, iterations, evaluations); torch compiles nothing
+        results = {
+            name: (0.0 if name == "torch" else first, medians[name] / MS, *result)
+            for name, (first, result) in firsts.items()
+        }
         torch_ms_per_iter = results["torch"][1] / results["torch"][3]
-        for name, (first, median, _, n_iter, evals) in results.items():
+        for name, (compile_s, median, _, n_iter, evals) in results.items():
             per_iter = median / max(n_iter, 1)
-            compile_s = first - median if name != "torch" else 0.0
             evals = "n/a" if evals is None else evals
             print(
                 f"{d:>5} {name:>16} {compile_s:>9.2f} {median * 1e3:>9.1f} "

@@ -33,74 +33,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# XLA CPU parallelizes one kernel over all cores by default; pin torch to the same.
-CORES = os.cpu_count() or 1
+import jax
+import numpy as np
+import optax
+import torch
+from toolkit import (  # this script's folder
+    CORES,
+    MB,
+    PYTREES,
+    facade_step,
+    fresh_process_compile_s,
+    interleaved_medians,
+    make_arrays,
+    report_compile_s,
+    step_mb,
+    torch_step,
+    transform_step,
+)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-
-import functorch_optim as fo  # noqa: E402
-
-torch.set_num_threads(CORES)
-
-MS = 1e3
-MB = 2**20
-
-
-# --- the anchor pytrees ------------------------------------------------------------
-
-
-def one_leaf() -> dict[str, tuple]:
-    """One 4096 x 4096 matrix: 16.8M parameters."""
-    return {"w": (4096, 4096)}
-
-
-def transformer() -> dict[str, tuple]:
-    """A GPT-like tree: 12 blocks of 12 leaves (d=768) + embeddings, final norm and
-    head: 150 leaves, 91.0M parameters."""
-    d, vocab, context = 768, 3392, 1024
-    shapes = {"wte": (vocab, d), "wpe": (context, d)}
-    for layer in range(12):
-        for name, shape in {
-            "ln1_w": (d,),
-            "ln1_b": (d,),
-            "qkv_w": (d, 3 * d),
-            "qkv_b": (3 * d,),
-            "proj_w": (d, d),
-            "proj_b": (d,),
-            "ln2_w": (d,),
-            "ln2_b": (d,),
-            "fc1_w": (d, 4 * d),
-            "fc1_b": (4 * d,),
-            "fc2_w": (4 * d, d),
-            "fc2_b": (d,),
-        }.items():
-            shapes[f"h{layer:02d}_{name}"] = shape
-    shapes |= {"lnf_w": (d,), "lnf_b": (d,), "head_w": (d, vocab), "head_b": (vocab,)}
-    return shapes
-
-
-def many_leaves() -> dict[str, tuple]:
-    """2000 leaves of 1024 parameters: all per-leaf overhead."""
-    return {f"p{i:04d}": (1024,) for i in range(2000)}
-
-
-PYTREES: dict[str, Callable[[], dict[str, tuple]]] = {
-    "1x16.8M": one_leaf,
-    "150x91M": transformer,
-    "2000x1024": many_leaves,
-}
-
+import functorch_optim as fo
 
 # --- the optimizers: the same hyperparameters in every library ----------------------
 
@@ -157,170 +111,47 @@ class Result:
     floor_mb: float = 0.0
 
 
-# --- timing ---------------------------------------------------------------------
-
-
-def interleaved_medians(
-    runs: dict[str, Callable[[], None]], repeats: int, block: int = 3
-) -> dict[str, float]:
-    """Median ms per call of each ``run``, over ``repeats`` timed calls each.
-
-    The paths take turns: per round, each runs one untimed call (its arrays back in
-    the caches, as when it runs alone) and then ``block`` timed calls. A drift in
-    the shared machine's speed thus moves every path alike, and no path is timed
-    on caches left cold by another library's step.
-    """
-    times: dict[str, list[float]] = {label: [] for label in runs}
-    for _ in range(-(-repeats // block)):
-        for label, run in runs.items():
-            run()
-            for _ in range(block):
-                start = time.perf_counter()
-                run()
-                times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) * MS for label, t in times.items() if t}
-
-
-def make_arrays(shapes: dict[str, tuple], seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
-
-
-def compiled_peak_mb(compiled) -> float | None:
-    """Bytes live during one compiled step: inputs, outputs not aliased to inputs,
-    and XLA's temporaries."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return None
-    return (
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        - m.alias_size_in_bytes
-        + m.temp_size_in_bytes
-    ) / MB
-
-
-def bench_jax_transform(tx, params_np, grads_np, result, label):
-    """A donated ``jax.jit`` step of an optax-style transform."""
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    params = jax.tree.map(jnp.asarray, params_np)
-    grads = jax.tree.map(jnp.asarray, grads_np)
-    state = tx.init(params)
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    start = time.perf_counter()
-    compiled = jitted.lower(params, state, grads).compile()
-    result.compile_s[label] = time.perf_counter() - start
-    result.peak_mb[label] = compiled_peak_mb(compiled)
-    carry = [params, state]
-
-    def run():
-        carry[0], carry[1] = compiled(carry[0], carry[1], grads)
-        jax.block_until_ready(carry[0])
-
-    return run
-
-
-def bench_facade(spec, params_np, grads_np, result):
-    facade = getattr(fo, spec.fo_facade, None)
-    if facade is None:
-        print(f"  note: fo.{spec.fo_facade} does not exist yet; facade skipped")
-        return None
-    opt = facade({k: jnp.asarray(v) for k, v in params_np.items()}, **spec.kwargs)
-    grads = {k: jnp.asarray(v) for k, v in grads_np.items()}
-
-    def run():
-        opt.step(grads)
-        jax.block_until_ready(opt.param_groups[0]["params"])
-
-    start = time.perf_counter()
-    run()  # the first step creates the state, traces and compiles
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    run()
-    result.compile_s["fo facade"] = first - (time.perf_counter() - start)
-    result.peak_mb["fo facade"] = compiled_peak_mb(facade_step_compiled(opt, grads))
-    return run
-
-
-def facade_step_compiled(opt, grads):
-    """The facade's compiled step program, for its memory analysis."""
-    return opt.lowered_step(grads).compile()
-
-
-def bench_torch(spec, params_np, grads_np, flag):
-    params = [torch.tensor(v, requires_grad=True) for v in params_np.values()]
-    for p, g in zip(params, grads_np.values()):
-        p.grad = torch.tensor(g)
-    try:
-        opt = spec.torch_class(params, **spec.kwargs, **{flag: True})
-        opt.step()
-    except (RuntimeError, TypeError, ValueError) as e:  # no such kernel in torch
-        print(f"  note: {spec.torch_class.__name__}({flag}=True): {e}".splitlines()[0])
-        return None
-
-    def run():
-        with torch.no_grad():
-            opt.step()
-
-    return run
-
-
 def bench(tree: str, name: str, repeats: int, paths: tuple[str, ...]) -> Result:
     spec = OPTIMIZERS[name]
     shapes = PYTREES[tree]()
-    params_np, grads_np = make_arrays(shapes, 0), make_arrays(shapes, 1)
-    for g in grads_np.values():
+    params, grads = make_arrays(shapes, 0), make_arrays(shapes, 1)
+    for g in grads.values():
         g *= 1e-2
     result = Result()
-    n_bytes = sum(v.nbytes for v in params_np.values())
+    n_bytes = sum(v.nbytes for v in params.values())
     result.floor_mb = n_bytes * (2 + spec.state_copies) / MB  # params+state+grad
-    setups = {
-        "fo jit": lambda: bench_jax_transform(
-            spec.fo_functional(**spec.kwargs), params_np, grads_np, result, "fo jit"
+    builders = {
+        "fo jit": lambda: transform_step(
+            spec.fo_functional(**spec.kwargs), params, grads
         ),
-        "fo packed": lambda: bench_jax_transform(
-            fo.packed(spec.fo_functional(**spec.kwargs)),
-            params_np,
-            grads_np,
-            result,
-            "fo packed",
+        "fo packed": lambda: transform_step(
+            fo.packed(spec.fo_functional(**spec.kwargs)), params, grads
         ),
-        "fo facade": lambda: bench_facade(spec, params_np, grads_np, result),
-        "torch fused": lambda: bench_torch(spec, params_np, grads_np, "fused"),
-        "torch foreach": lambda: bench_torch(spec, params_np, grads_np, "foreach"),
-        "optax": lambda: bench_jax_transform(
-            spec.optax_tx(), params_np, grads_np, result, "optax"
+        "fo facade": lambda: facade_step(
+            getattr(fo, spec.fo_facade), params, grads, **spec.kwargs
         ),
+        "torch fused": lambda: torch_step(
+            spec.torch_class, params, grads, "fused", **spec.kwargs
+        ),
+        "torch foreach": lambda: torch_step(
+            spec.torch_class, params, grads, "foreach", **spec.kwargs
+        ),
+        "optax": lambda: transform_step(spec.optax_tx(), params, grads),
     }
-    runs = {label: setups[label]() for label in paths}
-    result.ms = {label: None for label in runs}
+    steps = {label: builders[label]() for label in paths}
+    for label in JAX_PATHS:
+        if label in steps:
+            result.compile_s[label] = steps[label].compile_s
+            result.peak_mb[label] = step_mb(steps[label].program())
+    result.ms = {label: None for label in steps}
     result.ms |= interleaved_medians(
-        {label: run for label, run in runs.items() if run is not None}, repeats
+        {label: step.run for label, step in steps.items() if step is not None},
+        repeats,
     )
     return result
 
 
 JAX_PATHS = ("fo jit", "fo packed", "fo facade", "optax")
-COMPILE_PREFIX = "compile_s="
-
-
-def fresh_compile_s(tree: str, name: str, label: str) -> float | None:
-    """``label``'s compile time, measured alone in a new process."""
-    run = subprocess.run(
-        [sys.executable, __file__, "--pytrees", tree, "--optimizers", name]
-        + ["--compile-only", label],
-        capture_output=True,
-        text=True,
-    )
-    lines = [x for x in run.stdout.splitlines() if x.startswith(COMPILE_PREFIX)]
-    if run.returncode or not lines:
-        print(f"  note: {label} failed in a fresh process: {run.stderr[-300:]}")
-        return None
-    return float(lines[0].removeprefix(COMPILE_PREFIX))
 
 
 # --- report -------------------------------------------------------------------------
@@ -426,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile_only:
         (tree,), (name,) = args.pytrees, args.optimizers
         result = bench(tree, name, 0, (args.compile_only,))
-        print(f"{COMPILE_PREFIX}{result.compile_s[args.compile_only]}")
+        report_compile_s(result.compile_s[args.compile_only])
         return
 
     load = os.getloadavg()[0]
@@ -443,8 +274,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.fresh_compile:
                 for label in JAX_PATHS:
                     if label in args.paths:
-                        results[tree, name].fresh_compile_s[label] = fresh_compile_s(
-                            tree, name, label
+                        results[tree, name].fresh_compile_s[label] = (
+                            fresh_process_compile_s(
+                                __file__,
+                                ["--pytrees", tree, "--optimizers", name]
+                                + ["--compile-only", label],
+                            )
                         )
             print(table({(tree, name): results[tree, name]}), flush=True)
     print(table(results))

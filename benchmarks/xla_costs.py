@@ -16,34 +16,23 @@
 from __future__ import annotations
 
 import re
-import statistics
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from toolkit import interleaved_medians, transform_step  # this script's folder
 
 import functorch_optim as fo
 
 TOTAL = 2000 * 1024
 BIG = 1 << 24
-
-
-def median_ms(run: Callable[[], object], repeats: int = 30) -> float:
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+REPEATS = 30
 
 
 def split_cost() -> None:
     flat = jnp.arange(TOTAL, dtype=jnp.float32)
-    print("| outputs | elements each | ms | us per output |")
-    print("|---|---|---|---|")
+    runs = {}
     for count in (1, 8, 64, 500, 2000):
         size = TOTAL // count
         offsets = [jnp.int32(i * size) for i in range(count)]
@@ -53,42 +42,35 @@ def split_cost() -> None:
                 lax.dynamic_slice(flat, (o,), (size,)) for o in offsets
             ]
         )
-        ms = median_ms(lambda split=split, offsets=offsets: split(flat, offsets))
-        print(f"| {count} | {size} | {ms:.2f} | {1e3 * ms / count:.1f} |")
+        runs[count] = lambda split=split, offsets=offsets: jax.block_until_ready(
+            split(flat, offsets)
+        )
+    print("| outputs | elements each | ms | us per output |")
+    print("|---|---|---|---|")
+    for count, ms in interleaved_medians(runs, REPEATS).items():
+        print(f"| {count} | {TOTAL // count} | {ms:.2f} | {1e3 * ms / count:.1f} |")
 
 
 def concat_cost() -> None:
     leaves = [jnp.full((1024,), float(i)) for i in range(2000)]
     concat = jax.jit(jnp.concatenate)
-    ms = median_ms(lambda: concat(leaves))
+    ms = interleaved_medians(
+        {"concat": lambda: jax.block_until_ready(concat(leaves))}, REPEATS
+    )["concat"]
     print(f"\nconcatenating 2000 arrays of 1024: {ms:.2f} ms")
 
 
 def adam_passes() -> None:
-    tx = fo.adam(1e-3)
-    params = {"w": jnp.ones(BIG)}
-    grads = {"w": jnp.full(BIG, 1e-3)}
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return fo.apply_updates(params, updates), state
-
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    state = tx.init(params)
-    hlo = jitted.lower(params, state, grads).compile().as_text()
+    params = {"w": np.ones(BIG, np.float32)}
+    step = transform_step(fo.adam(1e-3), params, {"w": np.full(BIG, 1e-3, np.float32)})
+    hlo = step.program().as_text()
     entry = hlo[hlo.index("ENTRY") :]
     loops = [
         m.group(1)
         for m in re.finditer(r"%(\S+) = (\S+) fusion\(.*kind=kLoop", entry)
         if "[]" not in m.group(0).split("fusion(")[0]
     ]
-    carry = [params, state]
-
-    def run():
-        carry[0], carry[1] = jitted(carry[0], carry[1], grads)
-        return carry[0]
-
-    ms = median_ms(run)
+    ms = interleaved_medians({"adam": step.run}, REPEATS)["adam"]
     print(
         f"\nAdam on one {BIG}-element leaf: {ms:.2f} ms, "
         f"{len(loops)} array loop kernels: {', '.join(loops)}"
