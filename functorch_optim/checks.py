@@ -1,6 +1,6 @@
 """Checks on the arrays users hand in, with errors that name the bad leaf.
 
-The functional transforms (through :mod:`functorch_optim.fused`) and the facade
+The functional transforms (through :mod:`functorch_optim.runner`) and the facade
 (:mod:`functorch_optim.optim`) both check here, before any state is created or
 changed, so a wrong input fails at once with the leaf's path and dtype or shape
 instead of failing later inside XLA (or, worse, broadcasting silently).

@@ -1,4 +1,4 @@
-"""Turn an :class:`~functorch_optim.algorithms.base.Algorithm` into a transformation."""
+"""Turn an :class:`~functorch_optim.rule.Algorithm` into a transformation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .algorithms.base import Algorithm, Options
 from .core import GradientTransformation, updates_between
-from .fused import init_tree, step_tree
+from .rule import Algorithm, Options
+from .runner import init_tree, step_tree
 
 
 class AlgorithmUpdate:

@@ -187,7 +187,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
       >>> torch_opt = torch.optim.Adam(model.named_parameters(), lr=1e-3)
       >>> torch_opt.load_state_dict(sd)
     """
-    from .fused import array_names, evaluate_schedules
+    from .runner import array_names, evaluate_schedules
 
     algorithm, options = _algorithm_of(tx)
     names, order = _named_params(params)

@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .algorithms.base import Options
 from .checks import check_param_dtypes, leaf_names
 from .core import GradientTransformation, is_concrete, updates_between
 from .functional import AlgorithmUpdate, params_or_zeros
-from .fused import (
+from .rule import Options
+from .runner import (
     array_names,
     checked_leaves,
     evaluate_schedules,

@@ -93,7 +93,7 @@ LEAVES = {
 }
 # 10 ** (u * SPAN) scales params and grads, u in [-1, 1]: squares stay in range.
 # bfloat16 stops at 1e-4: below, Adam's sqrt(v) nears eps and torch's bf16 results
-# (its vectorized path rounds differently, see algorithms.base.add) drift from the
+# (its vectorized path rounds differently, see kernels.add) drift from the
 # rule's by ~10 bf16 ulps. Muon: torch runs Newton-Schulz in bfloat16, whose range
 # is float32's, so float64 leaves stay within it.
 SPAN = {"float64": 100, "float32": 15, "bfloat16": 4, "float16": 1.5, "complex64": 15}

@@ -8,8 +8,16 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcmul, mul, nonzero, require
-from .common import check_foreach_differentiable, require_nonnegative
+from ..kernels import add, addcmul, mul
+from ..rule import (
+    Algorithm,
+    Array,
+    Options,
+    check_foreach_differentiable,
+    nonzero,
+    require,
+    require_nonnegative,
+)
 
 
 def _validate(o: Options) -> None:

@@ -8,17 +8,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import (
-    Algorithm,
-    Array,
-    Options,
-    add,
-    lerp_kernel,
-    mul,
-    nonzero,
-    opmath_dtype,
-    require,
-)
+from ..kernels import add, lerp_kernel, mul, opmath_dtype
+from ..rule import Algorithm, Array, Options, nonzero, require
 
 
 def _validate(o: Options) -> None:

@@ -9,17 +9,16 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import (
+from ..kernels import add, addcdiv, addcmul
+from ..rule import (
     Algorithm,
     Array,
     Options,
-    add,
-    addcdiv,
-    addcmul,
+    check_foreach_differentiable,
     check_fused_flags,
     nonzero,
+    require_nonnegative,
 )
-from .common import check_foreach_differentiable, require_nonnegative
 
 # torch's ``_get_fused_kernels_supported_devices()``, quoted by its fused-dtype error.
 _FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", "privateuseone"]

@@ -8,17 +8,24 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcdiv, check_fused_flags
-from .common import (
+from ..kernels import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
+    add,
+    addcdiv,
     apply_weight_decay,
-    check_foreach_differentiable,
     div,
     rdiv,
+    tensor_scalar,
+)
+from ..rule import (
+    Algorithm,
+    Array,
+    Options,
+    check_foreach_differentiable,
+    check_fused_flags,
     require_betas,
     require_nonnegative,
-    tensor_scalar,
 )
 
 

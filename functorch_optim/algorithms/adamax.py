@@ -8,8 +8,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcdiv, lerp_kernel, mul, nonzero
-from .common import TORCH_SCALAR_DTYPE, tensor_scalar, validate_adam_like
+from ..kernels import TORCH_SCALAR_DTYPE, add, addcdiv, lerp_kernel, mul, tensor_scalar
+from ..rule import Algorithm, Array, Options, nonzero, validate_adam_like
 
 
 def _init(param, o: Options) -> dict:

@@ -8,11 +8,13 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcmul, mul, nonzero
-from .common import (
-    TORCH_SCALAR_DTYPE,
+from ..kernels import TORCH_SCALAR_DTYPE, add, addcmul, mul, rdiv
+from ..rule import (
+    Algorithm,
+    Array,
+    Options,
     check_foreach_differentiable,
-    rdiv,
+    nonzero,
     require_nonnegative,
 )
 

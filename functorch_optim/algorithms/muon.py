@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, lerp_kernel, mul, require
+from ..kernels import add, lerp_kernel, mul
+from ..rule import Algorithm, Array, Options, require
 
 # torch's defaults, from Keller Jordan's Muon.
 EPS = 1e-7

@@ -8,14 +8,16 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, addcdiv, mul
-from .common import (
+from ..kernels import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
+    add,
+    addcdiv,
     apply_weight_decay,
     div,
-    validate_adam_like,
+    mul,
 )
+from ..rule import Algorithm, Array, Options, validate_adam_like
 
 
 def _validate(o: Options) -> None:

@@ -8,14 +8,16 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, mul, opmath_dtype
-from .common import (
+from ..kernels import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
+    add,
     apply_weight_decay,
     div,
-    validate_adam_like,
+    mul,
+    opmath_dtype,
 )
+from ..rule import Algorithm, Array, Options, validate_adam_like
 
 
 def _init(param, o: Options) -> dict:

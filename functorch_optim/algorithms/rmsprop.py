@@ -8,18 +8,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import (
-    Algorithm,
-    Array,
-    Options,
-    add,
-    addcdiv,
-    addcmul,
-    lerp_kernel,
-    mul,
-    nonzero,
-)
-from .common import require_nonnegative
+from ..kernels import add, addcdiv, addcmul, lerp_kernel, mul
+from ..rule import Algorithm, Array, Options, nonzero, require_nonnegative
 
 
 def _validate(o: Options) -> None:

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, known_value
-from .common import require_nonnegative
+from ..rule import Algorithm, Array, Options, known_value, require_nonnegative
 
 
 def _validate(o: Options) -> None:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from .base import (
+from ..rule import (
     Algorithm,
     Array,
     Options,

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, is_bcoo, scalar_dtype
 from ..functional import make_transform
-from .base import Algorithm, Array, Options, add, mul, require
+from ..kernels import add, mul
+from ..rule import Algorithm, Array, Options, require
 
 if TYPE_CHECKING:
     from jax.experimental import sparse

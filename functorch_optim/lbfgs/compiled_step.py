@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..algorithms.base import Options
+from ..rule import Options
 from .iteration import step_flat
 
 # Values a closure may capture by value in the compiled step's key: they cannot

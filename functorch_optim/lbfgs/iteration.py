@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..algorithms.base import Options, to_complex, to_real
+from ..kernels import to_complex, to_real
+from ..rule import Options
 from .line_search import abs_max, strong_wolfe
 
 Array = jax.Array

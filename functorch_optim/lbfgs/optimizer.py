@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import interop
-from ..algorithms.base import Algorithm
 from ..optim import Optimizer
+from ..rule import Algorithm
 from .compiled_step import compiled_step
 from .iteration import flatten, init_state
 from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout

@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..algorithms.base import Options, check_scalar_lr, require
 from ..checks import check_param_dtypes
 from ..core import GradientTransformation, scalar_dtype, updates_between
+from ..rule import Options, check_scalar_lr, require
 from .iteration import flatten, init_state, step_flat
 
 # Options that are plain values (they decide no shape and no code path): they may be

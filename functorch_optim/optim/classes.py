@@ -19,7 +19,7 @@ from ..algorithms import (
     sgd,
     sparse_adam,
 )
-from ..algorithms.base import Algorithm
+from ..rule import Algorithm
 from .optimizer import Optimizer
 
 

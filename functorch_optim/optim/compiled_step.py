@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import packing
-from ..algorithms.base import Algorithm, Options
-from ..fused import step_leaf, step_leaves
+from ..rule import Algorithm, Options
+from ..runner import step_leaf, step_leaves
 from ..sharding import constrain, static_sharding
 from .group import Group
 

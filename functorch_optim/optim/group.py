@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from .. import packing
-from ..algorithms.base import Algorithm, Options
 from ..core import is_bcoo
-from ..fused import init_leaf
 from ..names import given_order, path_name, rebuilt
+from ..rule import Algorithm, Options
+from ..runner import init_leaf
 from .inputs import is_named
 
 

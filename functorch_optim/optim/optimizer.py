@@ -4,7 +4,7 @@ torch.optim's interface.
 :class:`Optimizer` keeps parameters, state and hyperparameters the way
 ``torch.optim.Optimizer`` does (``param_groups``, ``state``, ``state_dict``, hooks,
 ``zero_grad``) and holds no math: every ``step`` runs the algorithms' per-leaf rules
-(:mod:`functorch_optim.algorithms`) through :func:`functorch_optim.fused.step_leaves`
+(:mod:`functorch_optim.algorithms`) through :func:`functorch_optim.runner.step_leaves`
 in ONE jitted XLA computation for all groups (:mod:`.compiled_step`), with the state
 donated so XLA updates it in place. For elementwise algorithms the state of small
 leaves is kept packed in flat buffers between steps (:mod:`functorch_optim.packing`),
@@ -49,11 +49,11 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ..algorithms.base import Algorithm, Options, check_scalar_lr
 from ..checks import check_param_dtypes
 from ..core import is_bcoo
-from ..fused import init_leaf
 from ..nonfinite import all_finite
+from ..rule import Algorithm, Options, check_scalar_lr
+from ..runner import init_leaf
 from . import compiled_step
 from . import state_dict as state_dict_format
 from .group import Group, Structure, new_state
@@ -100,7 +100,7 @@ class ParamsAsGiven:
 class Optimizer(Hooks):
     """Base of the torch-style optimizers (``torch.optim.Optimizer`` for JAX arrays).
 
-    A subclass names its :class:`~functorch_optim.algorithms.base.Algorithm` in the
+    A subclass names its :class:`~functorch_optim.rule.Algorithm` in the
     class attribute ``algorithm`` (its record also holds torch's facts: state at
     construction, ``step`` as a tensor, constructor checks on the params);
     :func:`~functorch_optim.optim.classes.optimizer_class` makes one per algorithm.

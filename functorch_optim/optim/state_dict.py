@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import interop
-from ..algorithms.base import Algorithm, Options
-from ..fused import STEP, init_leaf
+from ..rule import Algorithm, Options
+from ..runner import STEP, init_leaf
 from ..sharding import place_like
 from .group import new_state
 from .inputs import check_not_traced, is_array, typename

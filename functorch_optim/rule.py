@@ -1,11 +1,17 @@
-"""What every algorithm module declares, and the small numerics they share.
+"""The per-leaf rule every algorithm module declares, and torch's option checks.
 
 An algorithm is written once, as torch writes its single-tensor path: the math of one
 step on one parameter leaf. :class:`Algorithm` bundles that rule with torch's
 defaults, validation and state names; the functional transforms
-(:mod:`functorch_optim.functional`), the fused tree runner
-(:mod:`functorch_optim.fused`) and the facade (:mod:`functorch_optim.optim`) all run
-this one definition.
+(:mod:`functorch_optim.functional`), the tree runner (:mod:`functorch_optim.runner`)
+and the facade (:mod:`functorch_optim.optim`) all run this one definition.
+
+This module holds the contract (the record, :class:`Options`, the conventions below)
+and the checks on options that torch's constructors make, so it depends on
+:mod:`functorch_optim.core` alone. The array math the rules share lives in
+:mod:`functorch_optim.kernels`, which reads options through this module; the two are
+split by concern: what a rule is and which options are valid here, how torch's CPU
+kernels round there.
 
 Rule conventions
 ----------------
@@ -45,9 +51,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ..core import is_concrete
+from .core import is_concrete
 
 Array = jax.Array
 
@@ -212,6 +217,9 @@ class Algorithm:
 
 # --- validation helpers --------------------------------------------------------
 
+# How torch's messages name a hyperparameter when not as "<name> value".
+_LABELS = {"lr": "learning rate", "eps": "epsilon value"}
+
 
 def known_value(x: Any) -> Any:
     """The value of ``x`` when it is knowable now, else None.
@@ -253,7 +261,36 @@ def check_fused_flags(options: Options) -> None:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
-# --- numerics shared by the rules ----------------------------------------------
+def require_nonnegative(o: Options, *names: str) -> None:
+    """torch's ``if not 0.0 <= x: raise ValueError(f"Invalid ...: {x}")``, in order."""
+    for name in names:
+        value = o[name]
+        label = _LABELS.get(name, f"{name} value")
+        require(lambda v: 0.0 <= v, value, f"Invalid {label}: {value}")
+
+
+def validate_adam_like(o: Options, *extra_nonnegative: str) -> None:
+    """The constructor checks of Adamax, NAdam and RAdam, in torch's order."""
+    require_nonnegative(o, "lr", "eps")
+    require_betas(o)
+    require_nonnegative(o, "weight_decay", *extra_nonnegative)
+    check_foreach_differentiable(o)
+
+
+def require_betas(o: Options) -> None:
+    """torch's ``if not 0.0 <= beta < 1.0`` for each of ``betas``."""
+    for index, beta in enumerate(o.betas):
+        require(
+            lambda v: 0.0 <= v < 1.0,
+            beta,
+            f"Invalid beta parameter at index {index}: {beta}",
+        )
+
+
+def check_foreach_differentiable(o: Options) -> None:
+    """torch's foreach kernels refuse ``differentiable=True`` (at its first step)."""
+    if o.get("foreach") and o.get("differentiable"):
+        raise AssertionError("_foreach ops don't support autograd")
 
 
 def nonzero(x: Any) -> bool:
@@ -264,110 +301,3 @@ def nonzero(x: Any) -> bool:
     result for finite inputs.
     """
     return not (isinstance(x, (int, float)) and x == 0)
-
-
-def lerp(start: Array, end: Array, weight: Any) -> Array:
-    """``torch.lerp`` with a scalar weight, with torch's two-sided formula.
-
-    torch computes ``start + w * (end - start)`` for ``|w| < 0.5`` and
-    ``end - (end - start) * (1 - w)`` otherwise, which keeps ``w = 1`` exact.
-    """
-    diff = end - start
-    if isinstance(weight, (int, float)):
-        if abs(weight) < 0.5:
-            return start + weight * diff
-        return end - diff * (1 - weight)
-    return jnp.where(
-        jnp.abs(weight) < 0.5, start + weight * diff, end - diff * (1 - weight)
-    )
-
-
-def to_real(x: Array | None) -> Array | None:
-    """``torch.view_as_real``: a complex array as a real one with a trailing axis 2."""
-    if x is None or not jnp.iscomplexobj(x):
-        return x
-    return jnp.stack([x.real, x.imag], axis=-1)
-
-
-def to_complex(x: Array | None, like: Array | None) -> Array | None:
-    """Inverse of :func:`to_real` for an array that was complex like ``like``."""
-    if x is None or like is None or not jnp.iscomplexobj(like):
-        return x
-    return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
-
-
-def opmath_dtype(dtype):
-    """The dtype torch's CPU kernels compute in: float32 for bfloat16/float16
-    tensors (rounded once at the end), the tensor's own dtype otherwise."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def cast(x: Any, dtype) -> Any:
-    """``x`` in ``dtype``. No conversion is traced where ``x`` has it already, nor
-    for a Python number (kept weakly typed): a tree of thousands of leaves traces
-    every op of every leaf."""
-    if isinstance(x, (int, float, complex)) or x.dtype == dtype:
-        return x
-    return x.astype(dtype)
-
-
-def _times(value: Any, x: Array, op) -> Array:
-    """``value * x``, with no multiplication traced for torch's default ``1``."""
-    if isinstance(value, int) and value == 1:
-        return x
-    return scalar(value, op) * x
-
-
-def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
-    """``torch.lerp`` exactly as torch's CPU kernel runs it: inputs and weight in
-    :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
-    rounding back to ``start``'s dtype at the end."""
-    dtype, opmath = start.dtype, opmath_dtype(start.dtype)
-    start, end, w = cast(start, opmath), cast(end, opmath), jnp.asarray(weight, opmath)
-    if isinstance(weight, (int, float)):
-        # torch's branch, on the rounded weight, chosen now: one formula traced
-        if abs(float(np.asarray(weight, opmath))) < 0.5:
-            return cast(start + w * (end - start), dtype)
-        return cast(end - (end - start) * (1 - w), dtype)
-    return cast(lerp(start, end, w), dtype)
-
-
-def mul(x: Array, factor: Any) -> Array:
-    """``x.mul(factor)`` for a scalar factor: torch keeps the factor in
-    :func:`opmath_dtype` (JAX would round a Python float to bfloat16 first)."""
-    op = opmath_dtype(x.dtype)
-    return cast(cast(x, op) * scalar(factor, op), x.dtype)
-
-
-def add(x: Array, y: Any, alpha: Any = 1) -> Array:
-    """``torch.add(x, y, alpha=alpha)``: ``x + alpha * y`` in :func:`opmath_dtype`,
-    rounded once; ``y`` may be a tensor or a scalar.
-
-    This is torch's scalar CPU path. Its vectorized bfloat16 path first rounds
-    ``alpha`` to bfloat16, so torch's own bfloat16 results depend on where an
-    element falls in a SIMD vector; they agree with this to about one bfloat16 ulp.
-    """
-    op = opmath_dtype(x.dtype)
-    y = scalar(y, op) if isinstance(y, (int, float)) else cast(jnp.asarray(y), op)
-    return cast(cast(x, op) + _times(alpha, y, op), x.dtype)
-
-
-def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
-    """``torch.addcmul``: ``x + value * t1 * t2`` (left to right) in
-    :func:`opmath_dtype`, rounded once."""
-    op = opmath_dtype(x.dtype)
-    return cast(cast(x, op) + _times(value, cast(t1, op), op) * cast(t2, op), x.dtype)
-
-
-def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
-    """``torch.addcdiv``: ``x + value * t1 / t2`` (left to right) in
-    :func:`opmath_dtype`, rounded once."""
-    op = opmath_dtype(x.dtype)
-    return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
-
-
-def scalar(x: Any, dtype) -> Any:
-    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
-    if isinstance(x, (int, float)):
-        return x
-    return jnp.asarray(x, dtype)

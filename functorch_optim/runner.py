@@ -1,5 +1,9 @@
 """Run an algorithm's rule over a whole pytree.
 
+Named for what it does: it runs a per-leaf rule; it is not a fused kernel (torch's
+``fused=`` flag is accepted and checked in :mod:`functorch_optim.rule`). Packing many
+leaves into flat buffers is :mod:`functorch_optim.packing`, built on this module.
+
 Two state layouts run the same rule (``Algorithm.scalars`` once per step, then
 ``Algorithm.step`` per leaf):
 
@@ -23,9 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .algorithms.base import Algorithm, Options, cast, to_complex, to_real
 from .checks import check_grads, check_param_dtypes, leaf_names
 from .core import is_bcoo
+from .kernels import cast, to_complex, to_real
+from .rule import Algorithm, Options
 from .sharding import explicit_as_auto, place, place_like
 
 STEP = "step"

@@ -1,0 +1,176 @@
+"""The torch-exact kernels and step pieces the per-leaf rules share.
+
+Each function computes as one of torch's CPU kernels does (scalars and arithmetic in
+:func:`opmath_dtype`, float32 for bfloat16/float16 tensors, one rounding per op) and
+says which torch path it reproduces. torch repeats the Adam-style moment updates and
+the weight-decay branches in each algorithm's file; here they are written once. Kept
+apart from :mod:`functorch_optim.rule` (what a rule is, which options are valid)
+because this is the numerics, which the rules and :mod:`functorch_optim.swa_utils`
+call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .rule import Array, Options, nonzero
+
+# The dtype of torch's scalar state tensors other than ``step`` (ASGD's ``eta`` and
+# ``mu``, NAdam's ``mu_product``): ``_get_scalar_dtype()``, float32 under torch's
+# default dtype. torch reads them back with ``.item()`` every step, so their float32
+# rounding is part of its trajectory, for float64 parameters too.
+TORCH_SCALAR_DTYPE = jnp.float32
+
+
+def tensor_scalar(x):
+    """A hyperparameter as torch's capturable path holds it: a Python number as a
+    float32 scalar tensor (torch's scalar dtype), a tensor as it is."""
+    return jnp.asarray(x, TORCH_SCALAR_DTYPE) if isinstance(x, (int, float)) else x
+
+
+def rdiv(number, tensor):
+    """torch's ``number / tensor`` for a scalar tensor: a Python number divides as
+    ``tensor.reciprocal() * number`` (torch's ``__rtruediv__``), a tensor truly."""
+    if isinstance(number, (int, float)):
+        return (1 / tensor) * number
+    return number / tensor
+
+
+def lerp(start: Array, end: Array, weight: Any) -> Array:
+    """``torch.lerp`` with a scalar weight, with torch's two-sided formula.
+
+    torch computes ``start + w * (end - start)`` for ``|w| < 0.5`` and
+    ``end - (end - start) * (1 - w)`` otherwise, which keeps ``w = 1`` exact.
+    """
+    diff = end - start
+    if isinstance(weight, (int, float)):
+        if abs(weight) < 0.5:
+            return start + weight * diff
+        return end - diff * (1 - weight)
+    return jnp.where(
+        jnp.abs(weight) < 0.5, start + weight * diff, end - diff * (1 - weight)
+    )
+
+
+def to_real(x: Array | None) -> Array | None:
+    """``torch.view_as_real``: a complex array as a real one with a trailing axis 2."""
+    if x is None or not jnp.iscomplexobj(x):
+        return x
+    return jnp.stack([x.real, x.imag], axis=-1)
+
+
+def to_complex(x: Array | None, like: Array | None) -> Array | None:
+    """Inverse of :func:`to_real` for an array that was complex like ``like``."""
+    if x is None or like is None or not jnp.iscomplexobj(like):
+        return x
+    return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+
+
+def opmath_dtype(dtype):
+    """The dtype torch's CPU kernels compute in: float32 for bfloat16/float16
+    tensors (rounded once at the end), the tensor's own dtype otherwise."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def cast(x: Any, dtype) -> Any:
+    """``x`` in ``dtype``. No conversion is traced where ``x`` has it already, nor
+    for a Python number (kept weakly typed): a tree of thousands of leaves traces
+    every op of every leaf."""
+    if isinstance(x, (int, float, complex)) or x.dtype == dtype:
+        return x
+    return x.astype(dtype)
+
+
+def _times(value: Any, x: Array, op) -> Array:
+    """``value * x``, with no multiplication traced for torch's default ``1``."""
+    if isinstance(value, int) and value == 1:
+        return x
+    return scalar(value, op) * x
+
+
+def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
+    """``torch.lerp`` exactly as torch's CPU kernel runs it: inputs and weight in
+    :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
+    rounding back to ``start``'s dtype at the end."""
+    dtype, opmath = start.dtype, opmath_dtype(start.dtype)
+    start, end, w = cast(start, opmath), cast(end, opmath), jnp.asarray(weight, opmath)
+    if isinstance(weight, (int, float)):
+        # torch's branch, on the rounded weight, chosen now: one formula traced
+        if abs(float(np.asarray(weight, opmath))) < 0.5:
+            return cast(start + w * (end - start), dtype)
+        return cast(end - (end - start) * (1 - w), dtype)
+    return cast(lerp(start, end, w), dtype)
+
+
+def mul(x: Array, factor: Any) -> Array:
+    """``x.mul(factor)`` for a scalar factor: torch keeps the factor in
+    :func:`opmath_dtype` (JAX would round a Python float to bfloat16 first)."""
+    op = opmath_dtype(x.dtype)
+    return cast(cast(x, op) * scalar(factor, op), x.dtype)
+
+
+def add(x: Array, y: Any, alpha: Any = 1) -> Array:
+    """``torch.add(x, y, alpha=alpha)``: ``x + alpha * y`` in :func:`opmath_dtype`,
+    rounded once; ``y`` may be a tensor or a scalar.
+
+    This is torch's scalar CPU path. Its vectorized bfloat16 path first rounds
+    ``alpha`` to bfloat16, so torch's own bfloat16 results depend on where an
+    element falls in a SIMD vector; they agree with this to about one bfloat16 ulp.
+    """
+    op = opmath_dtype(x.dtype)
+    y = scalar(y, op) if isinstance(y, (int, float)) else cast(jnp.asarray(y), op)
+    return cast(cast(x, op) + _times(alpha, y, op), x.dtype)
+
+
+def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
+    """``torch.addcmul``: ``x + value * t1 * t2`` (left to right) in
+    :func:`opmath_dtype`, rounded once."""
+    op = opmath_dtype(x.dtype)
+    return cast(cast(x, op) + _times(value, cast(t1, op), op) * cast(t2, op), x.dtype)
+
+
+def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
+    """``torch.addcdiv``: ``x + value * t1 / t2`` (left to right) in
+    :func:`opmath_dtype`, rounded once."""
+    op = opmath_dtype(x.dtype)
+    return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
+
+
+def scalar(x: Any, dtype) -> Any:
+    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
+    if isinstance(x, (int, float)):
+        return x
+    return jnp.asarray(x, dtype)
+
+
+# --- step pieces ----------------------------------------------------------------
+
+
+def div(x, divisor):
+    """``tensor / python_scalar``: torch divides in :func:`opmath_dtype` (JAX would
+    round the divisor to bfloat16 first)."""
+    op = opmath_dtype(x.dtype)
+    return cast(cast(x, op) / scalar(divisor, op), x.dtype)
+
+
+def apply_weight_decay(param, grad, o: Options):
+    """torch's coupled (``grad + wd * param``) or decoupled (``param * (1 - lr wd)``)
+    weight decay, as NAdam and RAdam choose with ``decoupled_weight_decay``."""
+    if nonzero(o.weight_decay):
+        if o.decoupled_weight_decay:
+            param = mul(param, 1 - o.lr * o.weight_decay)
+        else:
+            grad = add(grad, param, o.weight_decay)
+    return param, grad
+
+
+def adam_moments(state: dict, grad, beta1, beta2):
+    """torch's ``exp_avg.lerp_(grad, 1 - beta1)`` and
+    ``exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)``."""
+    exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
+    exp_avg_sq = addcmul(mul(state["exp_avg_sq"], beta2), grad, grad, 1 - beta2)
+    return exp_avg, exp_avg_sq
