@@ -46,6 +46,31 @@ def test_every_array_a_user_holds_survives_later_steps(layout):
     jax.block_until_ready([leaf + 1 for leaf in leaves])
 
 
+def test_a_step_consumes_only_the_params_nobody_else_holds():
+    """A param that only the optimizer references is donated to the step (its
+    buffer holds the new values); one the user holds, or views through NumPy,
+    is copied first and stays valid."""
+    opt = fo.Adam({"a": jnp.ones((64, 64)), "b": jnp.ones((64, 64))}, lr=0.1)
+    grads = {"a": jnp.ones((64, 64)), "b": jnp.ones((64, 64))}
+    opt.step(grads)
+
+    def buffers() -> list:
+        return [p.unsafe_buffer_pointer() for p in opt.param_groups[0]["params"]]
+
+    before = buffers()
+    opt.step(grads)
+    assert buffers() == before  # both consumed: nobody else held them
+
+    held, view = opt.params["a"], np.asarray(opt.params["b"])
+    values = np.asarray(held).copy(), view.copy()
+    before = buffers()
+    opt.step(grads)
+    assert not held.is_deleted()
+    np.testing.assert_array_equal(np.asarray(held), values[0])
+    np.testing.assert_array_equal(view, values[1])
+    assert all(new != old for new, old in zip(buffers(), before))
+
+
 def test_lbfgs_keeps_the_arrays_a_user_holds():
     given = {"x": jnp.array([1.5, -0.5])}
     opt = fo.LBFGS(given, lr=0.5, max_iter=3)

@@ -133,11 +133,12 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
     return new_params, new_states, new_packs
 
 
-# Donated: the per-leaf states (3) and the packs' flat params and states (4), which
-# only the optimizer holds (``state`` and ``state_dict`` hand out copies). Never the
-# params (1) or the grads (2): a user may hold them (``opt.params``, ``opt.grads``,
-# the constructor's arrays), and they must stay valid.
-_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(3, 4))
+# Donated: the params (1), of which the step gets copies of those a user holds
+# (:meth:`Group.params_to_donate`), the per-leaf states (3) and the packs' flat
+# params and states (4), which only the optimizer holds (``state`` and
+# ``state_dict`` hand out copies). Never the grads (2): a user may hold them
+# (``opt.grads``, the arrays passed to ``step``), and they must stay valid.
+_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
 
 
 def _operands(
@@ -167,7 +168,7 @@ def _operands(
         spec.append(
             (algorithm, static, shardings, tuple(p.shapes for p in group.packs))
         )
-        params.append([leaves[i] for i in alone])
+        params.append(group.params_to_donate(alone))
         grads.append([leaf_grads[i] for i in alone])
         states.append([group.states[i] for i in alone])
         packs.append(

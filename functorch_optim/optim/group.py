@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any
 
 import jax
@@ -118,6 +119,17 @@ def new_state(algorithm: Algorithm, param: jax.Array, options: Options) -> dict:
     return state
 
 
+def _refcount_when_only_listed() -> int:
+    """What ``sys.getrefcount(items[i])`` reports for an object that only the list
+    ``items`` holds: measured rather than assumed, as it depends on the
+    interpreter."""
+    items = [object()]
+    return sys.getrefcount(items[0])
+
+
+_ONLY_LISTED = _refcount_when_only_listed()
+
+
 class Group:
     """One param group and what the optimizer keeps for it.
 
@@ -152,6 +164,26 @@ class Group:
     def params(self) -> list:
         """The group's param leaves, in the optimizer's order."""
         return self.param_group["params"]
+
+    def params_to_donate(self, indices: list) -> list:
+        """The params at ``indices``, for a step that donates (consumes) them.
+
+        A leaf that only this group references is passed as it is; a leaf that
+        something else references (an array the user gave or read from
+        ``opt.params``, a NumPy view of it) is passed as a copy, so that it stays
+        valid. The check is numpy's ``ndarray.resize`` one: the leaf's reference
+        count. Donating saves the step a fresh output buffer per param, which on
+        the CPU costs as much as the step itself for large leaves (new pages).
+        """
+        leaves = self.params
+        held = [i for i in indices if sys.getrefcount(leaves[i]) > _ONLY_LISTED]
+        copies = jax.device_put(
+            [leaves[i] for i in held],
+            [leaves[i].sharding for i in held],
+            may_alias=False,
+        )
+        copy_of = dict(zip(held, copies, strict=True))
+        return [copy_of.get(i, leaves[i]) for i in indices]
 
     def options(self, names) -> Options:
         """The group's options named ``names`` (the optimizer's defaults)."""
