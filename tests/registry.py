@@ -40,6 +40,19 @@ class Spec:
       algorithms (test_packing checks that).
     sharding: options for the sharding checks where they differ from
       ``every_state`` (weight decay on too).
+    facade_options: option sets for the facade's two-group parity runs against torch
+      (test_facade: group 1 halves the lr and flips ``maximize``); the first also
+      runs the state-dict round trips. Empty: the algorithm has its own facade test.
+    facade_shapes: the leaf shapes of those runs' two param groups; the last param
+      of group 1 never gets a gradient.
+    facade_dtypes: the dtypes of those runs; in one torch rejects, the facade must
+      raise torch's error.
+    capturable: options for the ``capturable=True`` and float32-tensor-lr checks
+      (test_capturable: torch keeps its step scalars as float32 tensors there);
+      None: not checked.
+    as_arrays: options that test_parity passes as JAX arrays (traced: a new value
+      does not recompile), its lr also as a schedule; None: not checked that way
+      (test_parity's lr-as-array tests take most others' lr alone).
     """
 
     name: str
@@ -53,6 +66,11 @@ class Spec:
     properties: dict = dataclasses.field(default_factory=dict)
     packing: dict | None = None
     sharding: dict | None = None
+    facade_options: tuple[dict, ...] = ()
+    facade_shapes: tuple[tuple, tuple] = (((), (3,), (2, 3)), ((2, 3, 2), (0,), (4,)))
+    facade_dtypes: tuple[str, ...] = DTYPES
+    capturable: dict | None = None
+    as_arrays: dict | None = None
 
     @property
     def functional(self):
@@ -142,6 +160,11 @@ SPECS = {
             grid=tuple(_sgd_grid()),
             every_state=dict(lr=0.05, momentum=0.9),
             ecosystem=dict(lr=0.1, momentum=0.9, nesterov=True),
+            facade_options=(
+                dict(lr=0.1),
+                dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.1),
+                dict(lr=0.1, momentum=0.9, nesterov=True),
+            ),
         ),
         Spec(
             "adam",
@@ -152,6 +175,11 @@ SPECS = {
             grid=tuple(_adam_grid()),
             every_state=dict(lr=0.05, amsgrad=True),
             ecosystem=dict(lr=0.1, amsgrad=True),
+            facade_options=(
+                dict(lr=0.05),
+                dict(lr=0.05, amsgrad=True, weight_decay=0.1),
+            ),
+            capturable=dict(lr=0.1, amsgrad=True, weight_decay=0.01),
         ),
         Spec(
             "adamw",
@@ -161,6 +189,8 @@ SPECS = {
             grid=tuple(_adam_grid((None,))),
             every_state=dict(lr=0.05),
             ecosystem=dict(lr=0.1),
+            facade_options=(dict(lr=0.05, betas=(0.8, 0.9)),),
+            capturable=dict(lr=0.1),
         ),
         Spec(
             "adadelta",
@@ -175,6 +205,7 @@ SPECS = {
             ),
             steps=5,
             every_state=dict(lr=0.5),
+            facade_options=(dict(lr=0.5, rho=0.8, weight_decay=0.1),),
         ),
         Spec(
             "adafactor",
@@ -194,6 +225,9 @@ SPECS = {
             dtypes=REAL_DTYPES,
             shapes=NONEMPTY_SHAPES,
             every_state=dict(lr=0.05),
+            facade_options=(dict(lr=0.5, weight_decay=0.1),),
+            facade_shapes=(((), (3,), (2, 3)), ((2, 3, 2), (3, 1, 4), (4,))),
+            as_arrays=dict(lr=0.02, weight_decay=0.1, beta2_decay=-0.6, d=1.2),
         ),
         Spec(
             "adagrad",
@@ -213,6 +247,7 @@ SPECS = {
             steps=5,
             every_state=dict(lr=0.1, lr_decay=0.01),
             ecosystem=dict(lr_decay=0.1),
+            facade_options=(dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.1),),
         ),
         Spec(
             "adamax",
@@ -226,6 +261,8 @@ SPECS = {
             ),
             steps=5,
             every_state=dict(lr=0.05),
+            facade_options=(dict(lr=0.05, weight_decay=0.1),),
+            capturable=dict(lr=0.1),
         ),
         Spec(
             "asgd",
@@ -240,6 +277,8 @@ SPECS = {
             steps=5,
             every_state=dict(lr=0.05, t0=1.0),
             ecosystem=dict(t0=1),
+            facade_options=(dict(lr=0.05, lambd=0.1, t0=1.0),),
+            capturable=dict(lr=0.1, t0=3.0),
         ),
         Spec(
             "nadam",
@@ -259,6 +298,15 @@ SPECS = {
             steps=5,
             every_state=dict(lr=0.05),
             ecosystem=dict(decoupled_weight_decay=True, weight_decay=0.1),
+            facade_options=(
+                dict(
+                    lr=0.05,
+                    momentum_decay=0.1,
+                    decoupled_weight_decay=True,
+                    weight_decay=0.1,
+                ),
+            ),
+            capturable=dict(lr=0.1, weight_decay=0.01, decoupled_weight_decay=True),
         ),
         Spec(
             "radam",
@@ -274,6 +322,8 @@ SPECS = {
             # usual betas.
             steps=7,
             every_state=dict(lr=0.05),
+            facade_options=(dict(lr=0.05, weight_decay=0.1),),
+            capturable=dict(lr=0.1),
         ),
         Spec(
             "rmsprop",
@@ -297,6 +347,8 @@ SPECS = {
             ),
             every_state=dict(lr=0.01, momentum=0.5, centered=True),
             ecosystem=dict(centered=True, momentum=0.5),
+            facade_options=(dict(lr=0.03, centered=True, momentum=0.5),),
+            as_arrays=dict(lr=0.02, momentum=0.9, alpha=0.9, weight_decay=0.1),
         ),
         Spec(
             "rprop",
@@ -311,6 +363,8 @@ SPECS = {
                 dict(capturable=True, differentiable=True),
             ),
             every_state=dict(lr=0.05),
+            facade_options=(dict(lr=0.05, etas=(0.3, 1.5)),),
+            as_arrays=dict(lr=0.02),
         ),
         Spec(
             "sparse_adam",
@@ -346,6 +400,10 @@ SPECS = {
             shapes=MATRIX_SHAPES,
             every_state=dict(lr=0.05),
             ecosystem=dict(lr=0.1),
+            facade_options=(dict(lr=0.02, momentum=0.9),),
+            facade_shapes=(((3, 5), (4, 4)), ((5, 3), (0, 3), (2, 2))),
+            facade_dtypes=("float32", "float64"),
+            as_arrays=dict(lr=0.02, momentum=0.9, weight_decay=0.1),
         ),
         # L-BFGS steps on a closure, not on grads: the grid-based parity tests skip
         # it (tests/test_lbfgs.py is its parity suite).

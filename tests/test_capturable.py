@@ -16,16 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from registry import BY_FACADE, SPECS
 
 import functorch_optim as fo
 
+# The registry's capturable options, by torch's class name.
 CASES = {
-    "Adam": dict(lr=0.1, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.1),
-    "Adamax": dict(lr=0.1),
-    "NAdam": dict(lr=0.1, weight_decay=0.01, decoupled_weight_decay=True),
-    "RAdam": dict(lr=0.1),
-    "ASGD": dict(lr=0.1, t0=3.0),
+    spec.facade: spec.capturable
+    for spec in SPECS.values()
+    if spec.capturable is not None
 }
 STEPS = 8
 
@@ -45,8 +44,9 @@ def _trajectories(name: str, ours: dict, theirs: dict):
     start = rng.normal(size=(4, 3))
     grads = [rng.normal(size=(4, 3)) for _ in range(STEPS)]
     tensor = torch.tensor(start, requires_grad=True)
-    optimizer = getattr(torch.optim, name)([tensor], **theirs)
-    tx = getattr(fo, fo.__dict__[name].algorithm.functional.__name__)(**ours)
+    spec = BY_FACADE[name]
+    optimizer = spec.torch_cls([tensor], **theirs)
+    tx = spec.functional(**ours)
     params = jnp.asarray(start)
     state = tx.init(params)
     for grad in grads:

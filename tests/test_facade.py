@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 from reference import (
-    DTYPES,
     TOLERANCE,
     assert_trajectories_close,
     random_arrays,
@@ -28,6 +27,7 @@ from reference import (
     to_numpy,
     to_torch,
 )
+from registry import SPECS
 
 import functorch_optim as fo
 from functorch_optim import optim
@@ -46,8 +46,8 @@ class Case:
     ours: type
     theirs: type
     options: dict
-    shapes: tuple = (((), (3,), (2, 3)), ((2, 3, 2), (0,), (4,)))
-    dtypes: tuple = DTYPES
+    shapes: tuple
+    dtypes: tuple
 
     @property
     def id(self) -> str:
@@ -55,58 +55,12 @@ class Case:
         return f"{self.ours.__name__}({opts})"
 
 
-def case(ours, theirs, shapes=None, dtypes=DTYPES, **options) -> Case:
-    if shapes is None:
-        return Case(ours, theirs, options, dtypes=dtypes)
-    return Case(ours, theirs, options, shapes, dtypes)
-
-
-MATRICES = (((3, 5), (4, 4)), ((5, 3), (0, 3), (2, 2)))
-NONEMPTY = (((), (3,), (2, 3)), ((2, 3, 2), (3, 1, 4), (4,)))
-
-# Extend with one line per algorithm / option set. The first case of each class
+# The registry's facade option sets, in its order. The first case of each class
 # also runs the interop round trips.
 CASES = [
-    case(fo.SGD, torch.optim.SGD, lr=0.1),
-    case(
-        fo.SGD, torch.optim.SGD, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.1
-    ),
-    case(fo.SGD, torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True),
-    case(fo.Adam, torch.optim.Adam, lr=0.05),
-    case(fo.Adam, torch.optim.Adam, lr=0.05, amsgrad=True, weight_decay=0.1),
-    case(fo.AdamW, torch.optim.AdamW, lr=0.05, betas=(0.8, 0.9)),
-    case(fo.Adadelta, torch.optim.Adadelta, lr=0.5, rho=0.8, weight_decay=0.1),
-    case(
-        fo.Adagrad,
-        torch.optim.Adagrad,
-        lr=0.1,
-        lr_decay=0.1,
-        initial_accumulator_value=0.1,
-    ),
-    case(fo.Adamax, torch.optim.Adamax, lr=0.05, weight_decay=0.1),
-    case(fo.ASGD, torch.optim.ASGD, lr=0.05, lambd=0.1, t0=1.0),
-    case(
-        fo.NAdam,
-        torch.optim.NAdam,
-        lr=0.05,
-        momentum_decay=0.1,
-        decoupled_weight_decay=True,
-        weight_decay=0.1,
-    ),
-    case(fo.RAdam, torch.optim.RAdam, lr=0.05, weight_decay=0.1),
-    case(fo.RMSprop, torch.optim.RMSprop, lr=0.03, centered=True, momentum=0.5),
-    case(fo.Rprop, torch.optim.Rprop, lr=0.05, etas=(0.3, 1.5)),
-    case(
-        fo.Adafactor, torch.optim.Adafactor, shapes=NONEMPTY, lr=0.5, weight_decay=0.1
-    ),
-    case(
-        fo.Muon,
-        torch.optim.Muon,
-        shapes=MATRICES,
-        dtypes=("float32", "float64"),
-        lr=0.02,
-        momentum=0.9,
-    ),
+    Case(spec.cls, spec.torch_cls, options, spec.facade_shapes, spec.facade_dtypes)
+    for spec in SPECS.values()
+    for options in spec.facade_options
 ]
 
 # torch.optim classes the facade mirrors (SparseAdam needs sparse grads: its own

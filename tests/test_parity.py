@@ -252,16 +252,14 @@ def test_rprop_grid_changes_signs_and_hits_the_bounds():
     assert (sizes == 5e-3).any() and (sizes == 1.5e-2).any()
 
 
-@pytest.mark.parametrize("name", ["rmsprop", "rprop", "adafactor", "muon"])
+AS_ARRAYS = [name for name, spec in SPECS.items() if spec.as_arrays is not None]
+
+
+@pytest.mark.parametrize("name", AS_ARRAYS)
 def test_hyperparameters_as_arrays(name):
     """JAX scalars are traced (no recompilation on change) and give torch's result."""
-    options = {
-        "rmsprop": dict(lr=0.02, momentum=0.9, alpha=0.9, weight_decay=0.1),
-        "rprop": dict(lr=0.02),
-        "adafactor": dict(lr=0.02, weight_decay=0.1, beta2_decay=-0.6, d=1.2),
-        "muon": dict(lr=0.02, momentum=0.9, weight_decay=0.1),
-    }[name]
     spec = SPECS[name]
+    options = spec.as_arrays
     params = random_arrays(0, spec.shapes, "float64")
     grads = grad_sequence(spec.steps, spec.shapes, "float64")
     expected = torch_trajectory(
@@ -272,7 +270,7 @@ def test_hyperparameters_as_arrays(name):
     assert_trajectories_close(actual, expected, "float64")
 
 
-@pytest.mark.parametrize("name", ["rmsprop", "rprop", "adafactor", "muon"])
+@pytest.mark.parametrize("name", AS_ARRAYS)
 def test_lr_schedule_is_evaluated_on_the_step_count(name):
     """A schedule sees 0, 1, 2, ... as torch's lr set before each step (Rprop reads
     lr once, when it creates its step sizes)."""

@@ -13,7 +13,8 @@ Modules, each importing only those above it:
   memory and one torch ``step()``;
 - :mod:`.torch_layout`: the state as torch keeps it, and back;
 - :mod:`.transform`: the options and the pure transformation :func:`lbfgs`;
-- :mod:`.compiled_step`: the facade's compiled step, shared across optimizers;
+- :mod:`.compiled_step`: the facade's compiled step, shared across optimizers
+  (:func:`compile_count` counts its compiles, for tests and debugging);
 - :mod:`.optimizer`: the facade class :class:`LBFGS`.
 """
 

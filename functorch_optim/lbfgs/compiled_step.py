@@ -6,7 +6,8 @@ compiled step, the arrays it captures (``x``, ``y``) passed in as arguments. The
 numbers, strings and functions it captures are part of the key (a new value compiles
 once). A closure capturing any other object (a model, a list) is keyed by the
 closure object itself, since that object's contents may change between steps. jit
-keys each compiled step further on the shapes and dtypes of its arguments.
+keys each compiled step further on the shapes and dtypes of its arguments;
+:func:`compile_count` shows what compiled.
 """
 
 from __future__ import annotations
@@ -104,7 +105,12 @@ _compiles = 0
 
 
 def compile_count() -> int:
-    """How many times an L-BFGS facade step has been traced (= compiled)."""
+    """How many times an L-BFGS facade step has been traced (= compiled).
+
+    For tests and debugging (``from functorch_optim.lbfgs import compile_count``).
+    The compiled steps are shared by every optimizer in the process, so the count
+    is too: its change across some steps is what those steps compiled.
+    """
     return _compiles
 
 
