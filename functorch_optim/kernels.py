@@ -11,6 +11,9 @@ call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -140,11 +143,48 @@ def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
     return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
 
 
+# (id, dtype) -> (JAX scalar, its conversion) while a step's leaves run; see
+# shared_conversions.
+_STEP_CONVERSIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "step_conversions", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_conversions() -> Iterator[None]:
+    """Within it, :func:`scalar` converts a JAX scalar to a dtype once: every leaf
+    of a step divides and multiplies by the same converted value.
+
+    The step's scalars are computed once for all leaves; converting them once too
+    fixes, in the trace, how many users each converted value has, and XLA decides
+    on that count. Its CPU simplifier rewrites ``x / broadcast(b)`` as
+    ``x * broadcast(1 / b)`` (a rounding apart from torch's division) only where
+    ``b`` has one user. With one conversion per leaf that count depended on
+    whether CSE had merged the leaves' conversions before the simplifier ran: a
+    partitioned (sharded) program runs CSE first, an unsharded one does not, so
+    the two rounded elements of Adam's ``sqrt(v) / sqrt(1 - beta2^t)`` a float32
+    ulp apart.
+    """
+    token = _STEP_CONVERSIONS.set({})
+    try:
+        yield
+    finally:
+        _STEP_CONVERSIONS.reset(token)
+
+
 def scalar(x: Any, dtype) -> Any:
-    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
+    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed; a
+    JAX scalar is converted once per dtype within :func:`shared_conversions`."""
     if isinstance(x, (int, float)):
         return x
-    return jnp.asarray(x, dtype)
+    conversions = _STEP_CONVERSIONS.get()
+    if conversions is None or not isinstance(x, jax.Array):
+        return jnp.asarray(x, dtype)
+    key = (id(x), jnp.dtype(dtype))
+    if key not in conversions:
+        # ``x`` is kept with it, so its id names it until the step ends
+        conversions[key] = (x, jnp.asarray(x, dtype))
+    return conversions[key][1]
 
 
 # --- step pieces ----------------------------------------------------------------

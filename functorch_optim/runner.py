@@ -21,6 +21,7 @@ Every path that steps parameters goes through :func:`step_scalars` and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from .checks import check_grads, check_param_dtypes, leaf_names
 from .core import is_bcoo
-from .kernels import cast, to_complex, to_real
+from .kernels import cast, shared_conversions, to_complex, to_real
 from .rule import Algorithm, Options
 from .sharding import explicit_as_auto, place, place_like
 
@@ -204,12 +205,22 @@ def step_tree(
     }
     scalars = {k: getattr(state, k) for k in algorithm.scalar_names}
     step_options, new_scalars = step_scalars(algorithm, state.count, scalars, options)
-    results = [
-        run_rule(
-            algorithm, p, g, {name: columns[name][i] for name in names}, step_options
-        )
-        for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True))
-    ]
+    # Each step scalar converted once per dtype for all leaves, so a sharded and
+    # an unsharded program compile the same arithmetic (kernels.shared_conversions).
+    # Only elementwise rules run in this trace: another runs each leaf under
+    # auto_axes on an explicit mesh, where one leaf's conversion cannot serve the
+    # next.
+    with shared_conversions() if algorithm.elementwise else contextlib.nullcontext():
+        results = [
+            run_rule(
+                algorithm,
+                p,
+                g,
+                {name: columns[name][i] for name in names},
+                step_options,
+            )
+            for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True))
+        ]
     new_state = algorithm.state_type(
         count=state.count + 1,
         **new_scalars,
