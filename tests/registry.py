@@ -53,6 +53,24 @@ class Spec:
     as_arrays: options that test_parity passes as JAX arrays (traced: a new value
       does not recompile), its lr also as a schedule; None: not checked that way
       (test_parity's lr-as-array tests take most others' lr alone).
+    foreach_as_default: torch's foreach path rounds differently from its
+      single-tensor one (ASGD's even factors the update differently), so test_parity
+      compares ``foreach=True`` with the single-tensor path. These algorithms (the
+      ones with per-leaf scalars, elementwise) also get test_parity's
+      implementation-flag cases, packed-leaves runs, lr as an array and as a
+      schedule, and updates without params.
+    fused: options with ``fused=True`` where torch's fused kernel runs on CPU (its
+      own code: test_parity compares it in every real dtype); None: none.
+    invalid_options: option sets torch rejects whatever the params, at construction
+      or at its first step; test_options checks the same exception type and message
+      here (at construction, init or update) on float32 params of shape (2, 3).
+    invalid_arrays: option sets torch rejects as tensors (a vector lr): the same,
+      each value passed as a JAX array.
+    invalid_params: ``(options, dtype, shape)``: params torch rejects under those
+      options (a dtype, a shape; SparseAdam: a dense gradient), checked the same way.
+    facade_invalid_options: option sets torch's constructor rejects: the facade must
+      raise torch's error at construction and for a group that
+      ``add_param_group`` adds (test_facade).
     """
 
     name: str
@@ -71,6 +89,12 @@ class Spec:
     facade_dtypes: tuple[str, ...] = DTYPES
     capturable: dict | None = None
     as_arrays: dict | None = None
+    foreach_as_default: bool = False
+    fused: dict | None = None
+    invalid_options: tuple[dict, ...] = ()
+    invalid_arrays: tuple[dict, ...] = ()
+    invalid_params: tuple[tuple[dict, str, tuple], ...] = ()
+    facade_invalid_options: tuple[dict, ...] = ()
 
     @property
     def functional(self):
@@ -147,6 +171,7 @@ def _adam_grid(decoupled_options=(False, True)):
 NONEMPTY_SHAPES = tuple(s for s in SHAPES if np.prod(s) > 0) + ((3, 1, 4),)
 MATRIX_SHAPES = ((3, 5), (5, 3), (4, 4), (0, 3))
 REAL_DTYPES = tuple(d for d in DTYPES if not d.startswith("complex"))
+NAN = float("nan")
 
 SPECS = {
     spec.name: spec
@@ -165,6 +190,13 @@ SPECS = {
                 dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.1),
                 dict(lr=0.1, momentum=0.9, nesterov=True),
             ),
+            facade_invalid_options=(
+                dict(lr=-0.1),
+                dict(momentum=-0.5),
+                dict(weight_decay=-1.0),
+                dict(nesterov=True),
+                dict(fused=True, foreach=True),
+            ),
         ),
         Spec(
             "adam",
@@ -180,6 +212,14 @@ SPECS = {
                 dict(lr=0.05, amsgrad=True, weight_decay=0.1),
             ),
             capturable=dict(lr=0.1, amsgrad=True, weight_decay=0.01),
+            facade_invalid_options=(
+                dict(lr=-1.0),
+                dict(eps=-1.0),
+                dict(betas=(1.0, 0.9)),
+                dict(betas=(0.9, -0.1)),
+                dict(weight_decay=-0.1),
+                dict(fused=True, differentiable=True),
+            ),
         ),
         Spec(
             "adamw",
@@ -191,6 +231,7 @@ SPECS = {
             ecosystem=dict(lr=0.1),
             facade_options=(dict(lr=0.05, betas=(0.8, 0.9)),),
             capturable=dict(lr=0.1),
+            facade_invalid_options=(dict(lr=-1.0),),
         ),
         Spec(
             "adadelta",
@@ -206,6 +247,19 @@ SPECS = {
             steps=5,
             every_state=dict(lr=0.5),
             facade_options=(dict(lr=0.5, rho=0.8, weight_decay=0.1),),
+            foreach_as_default=True,
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(lr=NAN),
+                dict(rho=-0.1),
+                dict(rho=1.5),
+                dict(eps=-1e-6),
+                dict(weight_decay=-0.1),
+                dict(rho=2.0, eps=-1.0),
+                dict(foreach=True, differentiable=True),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            facade_invalid_options=(dict(rho=1.5),),
         ),
         Spec(
             "adafactor",
@@ -228,6 +282,22 @@ SPECS = {
             facade_options=(dict(lr=0.5, weight_decay=0.1),),
             facade_shapes=(((), (3,), (2, 3)), ((2, 3, 2), (3, 1, 4), (4,))),
             as_arrays=dict(lr=0.02, weight_decay=0.1, beta2_decay=-0.6, d=1.2),
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(beta2_decay=0.5),
+                dict(eps=(-1e-3, 1e-3)),
+                dict(eps=(None, -1e-3)),
+                dict(d=0.5),
+                dict(weight_decay=-0.1),
+                dict(d=0.5, weight_decay=-1.0),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            invalid_params=(
+                ({}, "complex64", (2, 3)),
+                ({}, "float32", (0,)),
+                ({}, "float32", (2, 0)),
+            ),
+            facade_invalid_options=(dict(lr=-1.0),),
         ),
         Spec(
             "adagrad",
@@ -248,6 +318,26 @@ SPECS = {
             every_state=dict(lr=0.1, lr_decay=0.01),
             ecosystem=dict(lr_decay=0.1),
             facade_options=(dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.1),),
+            foreach_as_default=True,
+            fused=dict(
+                lr_decay=0.05,
+                initial_accumulator_value=0.1,
+                weight_decay=0.1,
+                fused=True,
+            ),
+            invalid_options=(
+                dict(lr=-0.1),
+                dict(lr_decay=-0.1),
+                dict(weight_decay=-0.1),
+                dict(initial_accumulator_value=-0.1),
+                dict(eps=-1e-10),
+                dict(eps=-1.0, lr_decay=-1.0),
+                dict(fused=True, differentiable=True),
+                dict(fused=True, foreach=True),
+                dict(foreach=True, differentiable=True),
+            ),
+            invalid_params=((dict(fused=True), "complex64", (2,)),),
+            facade_invalid_options=(dict(lr_decay=-0.1),),
         ),
         Spec(
             "adamax",
@@ -263,6 +353,17 @@ SPECS = {
             every_state=dict(lr=0.05),
             facade_options=(dict(lr=0.05, weight_decay=0.1),),
             capturable=dict(lr=0.1),
+            foreach_as_default=True,
+            invalid_options=(
+                dict(lr=-1e-3),
+                dict(eps=-1e-8),
+                dict(betas=(-0.1, 0.999)),
+                dict(betas=(1.0, 0.999)),
+                dict(betas=(0.9, 1.0)),
+                dict(weight_decay=-1.0),
+                dict(foreach=True, differentiable=True),
+            ),
+            facade_invalid_options=(dict(eps=-1.0),),
         ),
         Spec(
             "asgd",
@@ -279,6 +380,14 @@ SPECS = {
             ecosystem=dict(t0=1),
             facade_options=(dict(lr=0.05, lambd=0.1, t0=1.0),),
             capturable=dict(lr=0.1, t0=3.0),
+            foreach_as_default=True,
+            invalid_options=(
+                dict(lr=-0.01),
+                dict(weight_decay=-0.1),
+                dict(foreach=True, differentiable=True),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            facade_invalid_options=(dict(weight_decay=-1.0),),
         ),
         Spec(
             "nadam",
@@ -307,6 +416,17 @@ SPECS = {
                 ),
             ),
             capturable=dict(lr=0.1, weight_decay=0.01, decoupled_weight_decay=True),
+            foreach_as_default=True,
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(eps=-1.0),
+                dict(betas=(0.9, -0.5)),
+                dict(weight_decay=-1.0),
+                dict(momentum_decay=-1.0),
+                dict(momentum_decay=-1.0, betas=(2.0, 0.9)),
+                dict(foreach=True, differentiable=True),
+            ),
+            facade_invalid_options=(dict(momentum_decay=-1.0),),
         ),
         Spec(
             "radam",
@@ -324,6 +444,16 @@ SPECS = {
             every_state=dict(lr=0.05),
             facade_options=(dict(lr=0.05, weight_decay=0.1),),
             capturable=dict(lr=0.1),
+            foreach_as_default=True,
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(eps=-1.0),
+                dict(betas=(1.5, 0.999)),
+                dict(betas=(0.9, 1.5)),
+                dict(weight_decay=-1.0),
+                dict(foreach=True, differentiable=True),
+            ),
+            facade_invalid_options=(dict(betas=(0.9, 1.0)),),
         ),
         Spec(
             "rmsprop",
@@ -349,6 +479,17 @@ SPECS = {
             ecosystem=dict(centered=True, momentum=0.5),
             facade_options=(dict(lr=0.03, centered=True, momentum=0.5),),
             as_arrays=dict(lr=0.02, momentum=0.9, alpha=0.9, weight_decay=0.1),
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(lr=NAN),
+                dict(eps=-1e-8),
+                dict(momentum=-0.9),
+                dict(weight_decay=-0.1),
+                dict(alpha=-0.99),
+                dict(alpha=-1.0, eps=-1.0),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            facade_invalid_options=(dict(alpha=-0.1),),
         ),
         Spec(
             "rprop",
@@ -365,6 +506,15 @@ SPECS = {
             every_state=dict(lr=0.05),
             facade_options=(dict(lr=0.05, etas=(0.3, 1.5)),),
             as_arrays=dict(lr=0.02),
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(etas=(0.0, 1.2)),
+                dict(etas=(1.0, 1.2)),
+                dict(etas=(0.5, 1.0)),
+                dict(etas=(0.5, NAN)),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            facade_invalid_options=(dict(etas=(1.5, 1.2)),),
         ),
         Spec(
             "sparse_adam",
@@ -378,6 +528,19 @@ SPECS = {
             dtypes=REAL_DTYPES,
             every_state=dict(lr=0.05),
             ecosystem=dict(lr=0.1),
+            invalid_options=(
+                dict(lr=0.0),
+                dict(lr=-1.0),
+                dict(eps=0.0),
+                dict(betas=(1.0, 0.999)),
+                dict(betas=(0.9, -0.1)),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            invalid_params=(
+                ({}, "float32", (2, 3)),  # a dense gradient
+                ({}, "complex64", (2, 3)),
+            ),
+            facade_invalid_options=(dict(lr=0.0),),
         ),
         Spec(
             "muon",
@@ -404,6 +567,22 @@ SPECS = {
             facade_shapes=(((3, 5), (4, 4)), ((5, 3), (0, 3), (2, 2))),
             facade_dtypes=("float32", "float64"),
             as_arrays=dict(lr=0.02, momentum=0.9, weight_decay=0.1),
+            invalid_options=(
+                dict(lr=-1.0),
+                dict(momentum=-0.5),
+                dict(weight_decay=-0.1),
+                dict(adjust_lr_fn="spectral"),
+                dict(ns_steps=100),
+                dict(ns_coefficients=(3.0, -4.0)),
+            ),
+            invalid_arrays=(dict(lr=(0.1, 0.2)),),
+            invalid_params=(
+                ({}, "complex64", (2, 3)),
+                ({}, "float32", (3,)),
+                ({}, "float32", (2, 3, 4)),
+                (dict(adjust_lr_fn="original"), "float32", (3, 0)),
+            ),
+            facade_invalid_options=(dict(momentum=-1.0),),
         ),
         # L-BFGS steps on a closure, not on grads: the grid-based parity tests skip
         # it (tests/test_lbfgs.py is its parity suite).

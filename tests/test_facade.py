@@ -388,30 +388,11 @@ def test_duplicate_params_in_a_group_warn_as_torch():
     np.testing.assert_allclose(np.asarray(opt.params[1]), [0.9, 0.9])
 
 
+# The registry's option sets that torch's constructor rejects, per facade class.
 BAD_OPTIONS = [
-    (fo.SGD, dict(lr=-0.1)),
-    (fo.SGD, dict(momentum=-0.5)),
-    (fo.SGD, dict(weight_decay=-1.0)),
-    (fo.SGD, dict(nesterov=True)),
-    (fo.SGD, dict(fused=True, foreach=True)),
-    (fo.Adam, dict(lr=-1.0)),
-    (fo.Adam, dict(eps=-1.0)),
-    (fo.Adam, dict(betas=(1.0, 0.9))),
-    (fo.Adam, dict(betas=(0.9, -0.1))),
-    (fo.Adam, dict(weight_decay=-0.1)),
-    (fo.Adam, dict(fused=True, differentiable=True)),
-    (fo.AdamW, dict(lr=-1.0)),
-    (fo.Adadelta, dict(rho=1.5)),
-    (fo.Adagrad, dict(lr_decay=-0.1)),
-    (fo.Adamax, dict(eps=-1.0)),
-    (fo.ASGD, dict(weight_decay=-1.0)),
-    (fo.NAdam, dict(momentum_decay=-1.0)),
-    (fo.RAdam, dict(betas=(0.9, 1.0))),
-    (fo.RMSprop, dict(alpha=-0.1)),
-    (fo.Rprop, dict(etas=(1.5, 1.2))),
-    (fo.Adafactor, dict(lr=-1.0)),
-    (fo.Muon, dict(momentum=-1.0)),
-    (fo.SparseAdam, dict(lr=0.0)),
+    (spec.cls, options)
+    for spec in SPECS.values()
+    for options in spec.facade_invalid_options
 ]
 
 

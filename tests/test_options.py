@@ -29,104 +29,18 @@ def test_signature_is_torchs(name):
     assert spec.algorithm.name == spec.torch_cls.__name__
 
 
-NAN = float("nan")
-
-# (algorithm, invalid options): each raises in torch at construction or at its
-# first step, and here at construction, init or update; float32 parameters of
-# shape (2, 3) unless given (these options are invalid whatever the shape).
-INVALID_OPTIONS = [
-    ("adadelta", dict(lr=-1.0)),
-    ("adadelta", dict(lr=NAN)),
-    ("adadelta", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("adadelta", dict(rho=-0.1)),
-    ("adadelta", dict(rho=1.5)),
-    ("adadelta", dict(eps=-1e-6)),
-    ("adadelta", dict(weight_decay=-0.1)),
-    ("adadelta", dict(rho=2.0, eps=-1.0)),
-    ("adadelta", dict(foreach=True, differentiable=True)),
-    ("adagrad", dict(lr=-0.1)),
-    ("adagrad", dict(lr_decay=-0.1)),
-    ("adagrad", dict(weight_decay=-0.1)),
-    ("adagrad", dict(initial_accumulator_value=-0.1)),
-    ("adagrad", dict(eps=-1e-10)),
-    ("adagrad", dict(eps=-1.0, lr_decay=-1.0)),
-    ("adagrad", dict(fused=True, differentiable=True)),
-    ("adagrad", dict(fused=True, foreach=True)),
-    ("adagrad", dict(foreach=True, differentiable=True)),
-    ("adamax", dict(lr=-1e-3)),
-    ("adamax", dict(eps=-1e-8)),
-    ("adamax", dict(betas=(-0.1, 0.999))),
-    ("adamax", dict(betas=(1.0, 0.999))),
-    ("adamax", dict(betas=(0.9, 1.0))),
-    ("adamax", dict(weight_decay=-1.0)),
-    ("adamax", dict(foreach=True, differentiable=True)),
-    ("asgd", dict(lr=-0.01)),
-    ("asgd", dict(weight_decay=-0.1)),
-    ("asgd", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("asgd", dict(foreach=True, differentiable=True)),
-    ("nadam", dict(lr=-1.0)),
-    ("nadam", dict(eps=-1.0)),
-    ("nadam", dict(betas=(0.9, -0.5))),
-    ("nadam", dict(weight_decay=-1.0)),
-    ("nadam", dict(momentum_decay=-1.0)),
-    ("nadam", dict(momentum_decay=-1.0, betas=(2.0, 0.9))),
-    ("nadam", dict(foreach=True, differentiable=True)),
-    ("radam", dict(lr=-1.0)),
-    ("radam", dict(eps=-1.0)),
-    ("radam", dict(betas=(1.5, 0.999))),
-    ("radam", dict(betas=(0.9, 1.5))),
-    ("radam", dict(weight_decay=-1.0)),
-    ("radam", dict(foreach=True, differentiable=True)),
-    ("rmsprop", dict(lr=-1.0)),
-    ("rmsprop", dict(lr=NAN)),
-    ("rmsprop", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("rmsprop", dict(eps=-1e-8)),
-    ("rmsprop", dict(momentum=-0.9)),
-    ("rmsprop", dict(weight_decay=-0.1)),
-    ("rmsprop", dict(alpha=-0.99)),
-    ("rmsprop", dict(alpha=-1.0, eps=-1.0)),
-    ("rprop", dict(lr=-1.0)),
-    ("rprop", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("rprop", dict(etas=(0.0, 1.2))),
-    ("rprop", dict(etas=(1.0, 1.2))),
-    ("rprop", dict(etas=(0.5, 1.0))),
-    ("rprop", dict(etas=(0.5, NAN))),
-    ("adafactor", dict(lr=-1.0)),
-    ("adafactor", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("adafactor", dict(beta2_decay=0.5)),
-    ("adafactor", dict(eps=(-1e-3, 1e-3))),
-    ("adafactor", dict(eps=(None, -1e-3))),
-    ("adafactor", dict(d=0.5)),
-    ("adafactor", dict(weight_decay=-0.1)),
-    ("adafactor", dict(d=0.5, weight_decay=-1.0)),
-    ("sparse_adam", dict(lr=0.0)),
-    ("sparse_adam", dict(lr=-1.0)),
-    ("sparse_adam", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("sparse_adam", dict(eps=0.0)),
-    ("sparse_adam", dict(betas=(1.0, 0.999))),
-    ("sparse_adam", dict(betas=(0.9, -0.1))),
-    ("muon", dict(lr=-1.0)),
-    ("muon", dict(lr=jnp.asarray([0.1, 0.2]))),
-    ("muon", dict(momentum=-0.5)),
-    ("muon", dict(weight_decay=-0.1)),
-    ("muon", dict(adjust_lr_fn="spectral")),
-    ("muon", dict(ns_steps=100)),
-    ("muon", dict(ns_coefficients=(3.0, -4.0))),
-]
+# (algorithm, options, dtype, shape), from the registry: each raises in torch at
+# construction or at its first step, and here at construction, init or update.
+# The registry's invalid_arrays become JAX arrays here: it makes none at import (a
+# process may configure JAX after importing it, as the sharding checks do).
 ERROR_CASES = [
-    (name, options, "float32", (2, 3)) for name, options in INVALID_OPTIONS
-] + [
-    ("adagrad", dict(fused=True), "complex64", (2,)),
-    ("adafactor", {}, "complex64", (2, 3)),
-    ("adafactor", {}, "float32", (0,)),
-    ("adafactor", {}, "float32", (2, 0)),
-    ("muon", {}, "complex64", (2, 3)),
-    ("muon", {}, "float32", (3,)),
-    ("muon", {}, "float32", (2, 3, 4)),
-    ("muon", dict(adjust_lr_fn="original"), "float32", (3, 0)),
-    ("sparse_adam", {}, "float32", (2, 3)),  # a dense gradient
-    ("sparse_adam", {}, "complex64", (2, 3)),
-]
+    (name, options, "float32", (2, 3))
+    for name, spec in SPECS.items()
+    for options in (
+        *spec.invalid_options,
+        *({k: jnp.asarray(v) for k, v in o.items()} for o in spec.invalid_arrays),
+    )
+] + [(name, *case) for name, spec in SPECS.items() for case in spec.invalid_params]
 
 
 @pytest.mark.parametrize(
