@@ -38,11 +38,22 @@ import functorch_optim as fo
 # implementation, so the reference is torch's default path, its single-tensor
 # code.
 AS_TORCH_DEFAULT = {"capturable": False, "differentiable": False}
-# These algorithms' foreach path rounds differently from their single-tensor one
-# (ASGD's even factors the update differently), so foreach=True is compared with
-# the single-tensor path too; RMSprop's, Rprop's and Adafactor's foreach paths are
-# compared as they are. Adagrad's fused kernel runs on CPU and is compared as it is.
-FOREACH_AS_DEFAULT = ("adadelta", "adagrad", "adamax", "asgd", "nadam", "radam")
+# The registry's foreach_as_default algorithms: their foreach path rounds
+# differently from their single-tensor one, so foreach=True is compared with the
+# single-tensor path too; the other foreach paths (RMSprop's, Rprop's,
+# Adafactor's) are compared as they are, and so are the fused kernels that run on
+# CPU (Adagrad's).
+FOREACH_AS_DEFAULT = tuple(
+    name for name, spec in SPECS.items() if spec.foreach_as_default
+)
+DENSE = [name for name in FIRST_ORDER if not SPECS[name].sparse]
+# Every dense algorithm's lr is checked as an array: with its other
+# hyperparameters (the registry's as_arrays), with a schedule
+# (FOREACH_AS_DEFAULT), or else alone (test_lr_as_array: SGD, Adam, AdamW).
+AS_ARRAYS = [name for name, spec in SPECS.items() if spec.as_arrays is not None]
+LR_ALONE = [
+    name for name in DENSE if name not in AS_ARRAYS and name not in FOREACH_AS_DEFAULT
+]
 
 # Implementation flags leave the math alone: one dtype each is enough.
 FLAG_CASES = [
@@ -54,13 +65,11 @@ FLAG_CASES = [
         dict(differentiable=True),
     )
 ]
-# Adagrad's fused kernel is torch code of its own, run on CPU for real dtypes
-# (complex: torch's error, see test_options).
-FUSED_CASE = (
-    "adagrad",
-    dict(lr_decay=0.05, initial_accumulator_value=0.1, weight_decay=0.1, fused=True),
-)
-DENSE = [name for name in FIRST_ORDER if not SPECS[name].sparse]
+# A fused kernel that runs on CPU (the registry's fused: Adagrad's) is torch code
+# of its own, run for real dtypes (complex: torch's error, see test_options).
+FUSED_CASES = [
+    (name, spec.fused) for name, spec in SPECS.items() if spec.fused is not None
+]
 
 JIT_CASES = (
     [
@@ -70,7 +79,12 @@ JIT_CASES = (
         for dtype in SPECS[name].dtypes
     ]
     + [(case, "float32") for case in FLAG_CASES]
-    + [(FUSED_CASE, dtype) for dtype in DTYPES if not dtype.startswith("complex")]
+    + [
+        (case, dtype)
+        for case in FUSED_CASES
+        for dtype in DTYPES
+        if not dtype.startswith("complex")
+    ]
 )
 
 
@@ -111,16 +125,17 @@ def _richest(options):
 
 
 # Eager steps run the same rules op by op (slowly), so a few cases each: SGD's and
-# Adam's richest cases (momentum + decay, amsgrad + coupled decay) in every dtype;
-# the case with the most nonzero options of the algorithms with per-leaf scalars,
-# the dtypes in turn; the last case of the others in float32 on two shapes (eager
-# dispatch compiles every operation per shape; the jitted runs cover every shape).
+# Adam's richest cases (momentum + decay, amsgrad + coupled decay) in every dtype
+# (LR_ALONE); the case with the most nonzero options of the algorithms with
+# per-leaf scalars (FOREACH_AS_DEFAULT), the dtypes in turn; the last case of the
+# others (AS_ARRAYS) in float32 on two shapes (eager dispatch compiles every
+# operation per shape; the jitted runs cover every shape).
 NO_JIT_CASES = (
     [
         ((name, options), dtype, None)
         for name, options in [
             (name, options)
-            for name in ("sgd", "adam", "adamw")
+            for name in LR_ALONE
             for options in SPECS[name].grid
             if _richest(options)
         ][::3]
@@ -132,7 +147,7 @@ NO_JIT_CASES = (
     ]
     + [
         ((name, SPECS[name].grid[-1]), "float32", SPECS[name].shapes[:2])
-        for name in ("rmsprop", "rprop", "adafactor", "muon")
+        for name in AS_ARRAYS
     ]
 )
 
@@ -252,9 +267,6 @@ def test_rprop_grid_changes_signs_and_hits_the_bounds():
     assert (sizes == 5e-3).any() and (sizes == 1.5e-2).any()
 
 
-AS_ARRAYS = [name for name, spec in SPECS.items() if spec.as_arrays is not None]
-
-
 @pytest.mark.parametrize("name", AS_ARRAYS)
 def test_hyperparameters_as_arrays(name):
     """JAX scalars are traced (no recompilation on change) and give torch's result."""
@@ -287,11 +299,23 @@ def test_lr_schedule_is_evaluated_on_the_step_count(name):
     assert_trajectories_close(actual, expected, "float64")
 
 
-@pytest.mark.parametrize("name", ["rprop", "sparse_adam"])
+# The algorithms whose reads_params is False under every option set of their
+# grid (Rprop, SparseAdam).
+NEVER_READS_PARAMS = [
+    name
+    for name in FIRST_ORDER
+    if not any(
+        SPECS[name].algorithm.reads_params(SPECS[name].algorithm.options(options))
+        for options in SPECS[name].grid
+    )
+]
+
+
+@pytest.mark.parametrize("name", NEVER_READS_PARAMS)
 def test_update_never_reads_params(name):
     """Rprop and SparseAdam never read the parameter values."""
     params = [jnp.ones((3, 2))]
-    if name == "sparse_adam":
+    if SPECS[name].sparse:
         rows = jnp.array([[0.5, 0.0], [1.0, 2.0]])
         grads = [sparse.BCOO((rows, jnp.array([[0], [2]])), shape=(3, 2))]
     else:
@@ -303,7 +327,7 @@ def test_update_never_reads_params(name):
     assert with_params[0].shape == without[0].shape == (3, 2)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("name", LR_ALONE)
 def test_lr_as_array(name):
     spec = SPECS[name]
     params = random_arrays(0, SHAPES, "float64")
