@@ -48,22 +48,28 @@ FOREACH_AS_DEFAULT = tuple(
 )
 DENSE = [name for name in FIRST_ORDER if not SPECS[name].sparse]
 # Every dense algorithm's lr is checked as an array: with its other
-# hyperparameters (the registry's as_arrays), with a schedule
-# (FOREACH_AS_DEFAULT), or else alone (test_lr_as_array: SGD, Adam, AdamW).
+# hyperparameters (the registry's as_arrays: test_hyperparameters_as_arrays),
+# beside a schedule (FOREACH_AS_DEFAULT: test_lr_as_array_and_schedule), or else
+# alone (LR_ALONE, test_lr_as_array: SGD, Adam, AdamW).
 AS_ARRAYS = [name for name, spec in SPECS.items() if spec.as_arrays is not None]
 LR_ALONE = [
     name for name in DENSE if name not in AS_ARRAYS and name not in FOREACH_AS_DEFAULT
 ]
 
+
+def _implementation_flags(name):
+    """foreach (with capturable where torch has it: not Adagrad), differentiable."""
+    foreach = dict(foreach=True)
+    if "capturable" in SPECS[name].algorithm.defaults:
+        foreach["capturable"] = True
+    return foreach, dict(differentiable=True)
+
+
 # Implementation flags leave the math alone: one dtype each is enough.
 FLAG_CASES = [
     (name, flags | dict(weight_decay=0.1))
     for name in FOREACH_AS_DEFAULT
-    for flags in (
-        # Adagrad alone has no capturable
-        dict(foreach=True) | ({} if name == "adagrad" else dict(capturable=True)),
-        dict(differentiable=True),
-    )
+    for flags in _implementation_flags(name)
 ]
 # A fused kernel that runs on CPU (the registry's fused: Adagrad's) is torch code
 # of its own, run for real dtypes (complex: torch's error, see test_options).
