@@ -47,8 +47,11 @@ exclude_patterns = ["_build"]
 templates_path: list[str] = []
 nitpicky = False
 
-# The submodules with a page of their own, in the order of the index.
+# The submodules with a page of their own, in the order of the index. A name a
+# page shares with fo's page (the facade classes in optim, say) is a link there.
 SUBMODULES = {
+    "optim": "The torch-style facade: extension points and compile counter",
+    "lbfgs": "L-BFGS: its pieces, torch's state layout and compile counter",
     "lr_scheduler": "Torch-style learning-rate schedulers",
     "schedules": "Functional schedules",
     "swa_utils": "Weight averaging (torch.optim.swa_utils)",
@@ -86,6 +89,22 @@ def available_submodules() -> dict[str, str]:
     }
 
 
+def top_level_entries() -> set[str]:
+    """The names of fo that have their entry on fo's page: all but the modules and
+    the schedules (those keep their entries on the schedules page)."""
+    schedules = set(public_names(importlib.import_module("functorch_optim.schedules")))
+    return {
+        name
+        for name in fo.__all__
+        if not isinstance(getattr(fo, name), types.ModuleType) and name not in schedules
+    }
+
+
+def on_top_level_page(module: types.ModuleType, name: str, top_level: set[str]) -> bool:
+    """``module.name`` is one of fo's names with its entry on fo's page."""
+    return name in top_level and getattr(fo, name) is getattr(module, name)
+
+
 def section_of(name: str, value: object) -> str:
     if isinstance(value, type) and issubclass(value, fo.Optimizer):
         return "facade"
@@ -107,7 +126,9 @@ def directive(qualified: str, value: object) -> str:
         elif issubclass(value, fo.Optimizer) and value is not fo.Optimizer:
             options = "   :show-inheritance:\n"  # methods: see Optimizer
         return f".. autoclass:: {qualified}\n{options}"
-    return f".. autofunction:: {qualified}\n"
+    if callable(value):
+        return f".. autofunction:: {qualified}\n"
+    return f".. autodata:: {qualified}\n"
 
 
 def write_api_pages(app) -> None:
@@ -115,7 +136,9 @@ def write_api_pages(app) -> None:
     out = os.path.join(app.srcdir, "api")
     os.makedirs(out, exist_ok=True)
     submodules = available_submodules()
-    schedule_names = set(public_names(importlib.import_module("functorch_optim.schedules")))
+    schedule_names = set(
+        public_names(importlib.import_module("functorch_optim.schedules"))
+    )
     by_section: dict[str, list[str]] = {key: [] for key, _ in SECTIONS}
     re_exported = []
     for name in fo.__all__:
@@ -151,19 +174,46 @@ def write_api_pages(app) -> None:
             "as ``fo.<name>``:",
             "",
         ]
-        lines += [f"- :func:`fo.{n} <functorch_optim.schedules.{n}>`" for n in re_exported]
+        lines += [
+            f"- :func:`fo.{n} <functorch_optim.schedules.{n}>`" for n in re_exported
+        ]
         lines.append("")
     _write(os.path.join(out, "functorch_optim.rst"), lines)
 
+    top_level = top_level_entries()
     for name, title in submodules.items():
         module = importlib.import_module(f"functorch_optim.{name}")
         heading = f"functorch_optim.{name}: {title}"
-        lines = [heading, "=" * len(heading), "", f".. automodule:: {module.__name__}", ""]
+        lines = [heading, "=" * len(heading), "", f".. automodule:: {module.__name__}"]
+        if getattr(fo, name) is not module:
+            # fo.lbfgs is the transform: its entry on fo's page has this name
+            lines.append("   :no-index:")
+        lines.append("")
+        shared = []
         for member in public_names(module):
-            lines.append(directive(f"{module.__name__}.{member}", getattr(module, member)))
+            if on_top_level_page(module, member, top_level):
+                shared.append(member)
+                continue
+            lines.append(
+                directive(f"{module.__name__}.{member}", getattr(module, member))
+            )
+        if shared:
+            lines += [
+                "Also in this package, with their entries on fo's page: "
+                + ", ".join(f":obj:`fo.{n} <functorch_optim.{n}>`" for n in shared)
+                + ".",
+                "",
+            ]
         _write(os.path.join(out, f"{name}.rst"), lines)
 
-    index = ["API reference", "=============", "", ".. toctree::", "", "   functorch_optim"]
+    index = [
+        "API reference",
+        "=============",
+        "",
+        ".. toctree::",
+        "",
+        "   functorch_optim",
+    ]
     index += [f"   {name}" for name in submodules]
     _write(os.path.join(out, "index.rst"), index)
 
@@ -191,10 +241,12 @@ def check_coverage(app, env) -> None:
         for n in fo.__all__
         if not isinstance(getattr(fo, n), types.ModuleType)
     }
+    top_level = top_level_entries()
     for name in available_submodules():
         module = importlib.import_module(f"functorch_optim.{name}")
         for n in public_names(module):
-            expected[f"{module.__name__}.{n}"] = getattr(module, n)
+            if not on_top_level_page(module, n, top_level):  # fo's entry is its entry
+                expected[f"{module.__name__}.{n}"] = getattr(module, n)
     schedules = set(public_names(importlib.import_module("functorch_optim.schedules")))
     for qualified, value in expected.items():
         short = qualified.rsplit(".", 1)[1]
@@ -207,6 +259,15 @@ def check_coverage(app, env) -> None:
         logger.warning("public name %s has no entry in the API reference", qualified)
 
 
+def drop_type_docstring(app, what, name, obj, options, lines) -> None:
+    """A constant's entry shows its value, not its type's docstring (a tuple's
+    "Built-in immutable sequence"), which autodoc takes when the constant has no
+    ``#:`` comment."""
+    if what == "data" and lines and inspect.getdoc(obj) == inspect.getdoc(type(obj)):
+        lines.clear()
+
+
 def setup(app):
     app.connect("builder-inited", write_api_pages)
+    app.connect("autodoc-process-docstring", drop_type_docstring)
     app.connect("env-updated", check_coverage)
