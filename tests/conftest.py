@@ -1,5 +1,6 @@
 """Test configuration: float64 on (torch parity in double), one CPU device; the
-facade's two state layouts as a fixture."""
+facade's two state layouts as a fixture; the sharding checks' subprocess started
+at collection."""
 
 import jax
 import pytest
@@ -18,3 +19,19 @@ def layout(request, monkeypatch):
     else:
         monkeypatch.setattr(packing, "MAX_PACKED_SIZE", -1)
     return request.param
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Start the 8-device sharding checks (tests/test_sharding.py) in the background
+    once a test that reads them is selected, so they run alongside the others."""
+    if config.option.collectonly:
+        return
+    if any(
+        item.path.name == "test_sharding.py"
+        and "results" in getattr(item, "fixturenames", ())
+        for item in items
+    ):
+        import test_sharding
+
+        test_sharding.start_checks(test_sharding.shared_dir(config._tmp_path_factory))

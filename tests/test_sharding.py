@@ -1,8 +1,9 @@
 """Scale out: sharded params and state on 8 devices, and 2 processes.
 
 The 8-device checks run in one subprocess (tests/sharding_checks.py: this process
-keeps its one device, and JAX starts once for all checks); each test here asserts
-one of its results. The multi-process test starts 2 processes of 4 CPU devices each
+keeps its one device, and JAX starts once for all checks), started in the
+background as soon as these tests are collected; each test here asserts one of its
+results. The multi-process test starts 2 processes of 4 CPU devices each
 (tests/multiprocess_worker.py) and compares their training with a run here.
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import multiprocess_worker
@@ -26,8 +29,11 @@ import functorch_optim as fo
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-CHECKS_TIMEOUT_S = 300
+# The checks run alongside the rest of the suite (see start_checks), so slower
+# than alone.
+CHECKS_TIMEOUT_S = 600
 WORKER_TIMEOUT_S = 120
+POLL_S = 0.5
 
 
 def _env() -> dict:
@@ -40,35 +46,70 @@ def _env() -> dict:
     return env
 
 
-def _run_checks() -> dict:
-    done = subprocess.run(
-        [sys.executable, str(HERE / "sharding_checks.py")],
-        capture_output=True,
-        text=True,
-        timeout=CHECKS_TIMEOUT_S,
-        env=_env(),
-        cwd=ROOT,
-    )
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"crash": {"ok": False, "detail": done.stderr[-4000:]}}
+def shared_dir(tmp_path_factory) -> Path:
+    """The session's temp directory, the same for every pytest-xdist worker (their
+    own ones are inside it)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    return shared
+
+
+def start_checks(shared: Path) -> None:
+    """Start tests/sharding_checks.py in the background, once per session even with
+    pytest-xdist's workers (a file lock serializes them).
+
+    Called when the tests that read its results are collected (tests/conftest.py):
+    the checks take a minute or two, and a worker that ran them when the first of
+    those tests came up would be held up (and the others with it, waiting on the
+    lock). A shell writes the exit status once the checks end, so the results do
+    not depend on the process that started them still running.
+    """
+    with open(shared / "sharding_checks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (shared / "sharding_checks.pid").exists():
+            return
+        run = '"$0" "$1" >"$2.out" 2>"$2.err"; echo $? >"$2.tmp"; mv "$2.tmp" "$2.rc"'
+        process = subprocess.Popen(
+            [
+                "/bin/sh",
+                "-c",
+                run,
+                sys.executable,
+                str(HERE / "sharding_checks.py"),
+                str(shared / "sharding_checks"),
+            ],
+            env=_env(),
+            cwd=ROOT,
+            process_group=0,  # the shell and the checks: killed together
+        )
+        (shared / "sharding_checks.pid").write_text(str(process.pid))
+
+
+def _wait_for_checks(shared: Path) -> dict:
+    """The checks' results once they end; a crash, or a timeout, as a failed
+    check."""
+    start_checks(shared)  # collected without the conftest hook: start them now
+    started = (shared / "sharding_checks.pid").stat().st_mtime
+    rc_path = shared / "sharding_checks.rc"
+    while not rc_path.exists():
+        if time.time() - started > CHECKS_TIMEOUT_S:
+            os.killpg(int((shared / "sharding_checks.pid").read_text()), signal.SIGKILL)
+            detail = f"timed out after {CHECKS_TIMEOUT_S} s"
+            return {"crash": {"ok": False, "detail": detail}}
+        time.sleep(POLL_S)
+    returncode = int(rc_path.read_text())
+    lines = (shared / "sharding_checks.out").read_text().strip().splitlines()
+    if returncode != 0 or not lines:
+        stderr = (shared / "sharding_checks.err").read_text()
+        return {"crash": {"ok": False, "detail": stderr[-4000:]}}
     return json.loads(lines[-1])
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    """The checks' results, computed once per session even with pytest-xdist's
-    workers (their temp directories share this session's one; a file lock
-    serializes them)."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
-    path = shared / "sharding_checks.json"
-    with open(shared / "sharding_checks.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            path.write_text(json.dumps(_run_checks()))
-    return json.loads(path.read_text())
+    """The checks' results, computed once per session (see start_checks)."""
+    return _wait_for_checks(shared_dir(tmp_path_factory))
 
 
 def _assert_ok(results: dict, key: str) -> None:
