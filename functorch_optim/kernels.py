@@ -11,9 +11,6 @@ call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -143,58 +140,32 @@ def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
     return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
 
 
-# (id, dtype) -> (JAX scalar, its conversion) while a step's leaves run; see
-# shared_conversions.
-_STEP_CONVERSIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
-    "step_conversions", default=None
-)
-
-
-@contextlib.contextmanager
-def shared_conversions() -> Iterator[None]:
-    """Within it, :func:`scalar` converts a JAX scalar to a dtype once: every leaf
-    of a step divides and multiplies by the same converted value.
-
-    The step's scalars are computed once for all leaves; converting them once too
-    fixes, in the trace, how many users each converted value has, and XLA decides
-    on that count. Its CPU simplifier rewrites ``x / broadcast(b)`` as
-    ``x * broadcast(1 / b)`` (a rounding apart from torch's division) only where
-    ``b`` has one user. With one conversion per leaf that count depended on
-    whether CSE had merged the leaves' conversions before the simplifier ran: a
-    partitioned (sharded) program runs CSE first, an unsharded one does not, so
-    the two rounded elements of Adam's ``sqrt(v) / sqrt(1 - beta2^t)`` a float32
-    ulp apart.
-    """
-    token = _STEP_CONVERSIONS.set({})
-    try:
-        yield
-    finally:
-        _STEP_CONVERSIONS.reset(token)
-
-
 def scalar(x: Any, dtype) -> Any:
-    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed; a
-    JAX scalar is converted once per dtype within :func:`shared_conversions`."""
+    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
     if isinstance(x, (int, float)):
         return x
-    conversions = _STEP_CONVERSIONS.get()
-    if conversions is None or not isinstance(x, jax.Array):
-        return jnp.asarray(x, dtype)
-    key = (id(x), jnp.dtype(dtype))
-    if key not in conversions:
-        # ``x`` is kept with it, so its id names it until the step ends
-        conversions[key] = (x, jnp.asarray(x, dtype))
-    return conversions[key][1]
+    return jnp.asarray(x, dtype)
 
 
 # --- step pieces ----------------------------------------------------------------
 
 
 def div(x, divisor):
-    """``tensor / python_scalar``: torch divides in :func:`opmath_dtype` (JAX would
-    round the divisor to bfloat16 first)."""
+    """``tensor / scalar``: torch divides in :func:`opmath_dtype` (JAX would round
+    the divisor to bfloat16 first).
+
+    A traced divisor (a step's bias correction) multiplies by its reciprocal. XLA's
+    CPU simplifier rewrites ``x / broadcast(b)`` so wherever ``b`` has one user,
+    which depends on the program around it: how many leaves share ``b``, whether
+    CSE merged their conversions of it first (a partitioned program runs CSE
+    earlier), whether the leaves are packed. Written out, every program (sharded or
+    not, packed or per leaf, functional or facade) rounds the same way, within a
+    float32 ulp of torch's true division.
+    """
     op = opmath_dtype(x.dtype)
-    return cast(cast(x, op) / scalar(divisor, op), x.dtype)
+    if isinstance(divisor, (int, float)):
+        return cast(cast(x, op) / divisor, x.dtype)
+    return cast(cast(x, op) * (1 / scalar(divisor, op)), x.dtype)
 
 
 def apply_weight_decay(param, grad, o: Options):
