@@ -40,6 +40,17 @@ def rdiv(number, tensor):
     return number / tensor
 
 
+def step_power(base: Any, step: Array) -> Array:
+    """``base ** step`` for a step count, as a float power: ``jnp.power`` unrolls a
+    concrete integer exponent into ``integer_pow``, which compiles anew for every
+    step value and rounds apart from ``pow``, as torch computes ``beta ** step``
+    (Python's float ``pow``). ``step * 1.0`` is a weakly typed float, so the
+    result has the dtype ``base ** step`` has."""
+    if jnp.issubdtype(jnp.result_type(step), jnp.integer):
+        step = step * 1.0
+    return base**step
+
+
 def lerp(start: Array, end: Array, weight: Any) -> Array:
     """``torch.lerp`` with a scalar weight, with torch's two-sided formula.
 

@@ -16,6 +16,7 @@ from ..kernels import (
     apply_weight_decay,
     div,
     rdiv,
+    step_power,
     tensor_scalar,
 )
 from ..rule import (
@@ -80,8 +81,8 @@ def _scalars(step, scalar_state, o: Options):
             "denom_scale": jnp.sqrt(bias_correction2) * neg_step_size,
             "denom_eps": rdiv(o.eps, neg_step_size),
         }, {}
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
+    bias_correction1 = 1 - step_power(beta1, step)
+    bias_correction2 = 1 - step_power(beta2, step)
     return {
         "neg_step_size": -(o.lr / bias_correction1),
         "bias_correction2_sqrt": bias_correction2**0.5,

@@ -8,7 +8,15 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from ..kernels import TORCH_SCALAR_DTYPE, add, addcdiv, lerp_kernel, mul, tensor_scalar
+from ..kernels import (
+    TORCH_SCALAR_DTYPE,
+    add,
+    addcdiv,
+    lerp_kernel,
+    mul,
+    step_power,
+    tensor_scalar,
+)
 from ..rule import Algorithm, Array, Options, nonzero, validate_adam_like
 
 
@@ -23,7 +31,7 @@ def _scalars(step, scalar_state, o: Options):
         step = step.astype(TORCH_SCALAR_DTYPE)
         neg_bias_correction = tensor_scalar(o.betas[0]) ** step - 1
         return {"neg_bias_correction": neg_bias_correction / tensor_scalar(o.lr)}, {}
-    return {"clr": o.lr / (1 - o.betas[0] ** step)}, {}
+    return {"clr": o.lr / (1 - step_power(o.betas[0], step))}, {}
 
 
 def _step(param, grad, state, o: Options):

@@ -16,6 +16,7 @@ from ..kernels import (
     apply_weight_decay,
     div,
     mul,
+    step_power,
 )
 from ..rule import Algorithm, Array, Options, validate_adam_like
 
@@ -55,7 +56,7 @@ def _scalars(step, scalar_state, o: Options):
         mu_product = scalar_state["mu_product"] * mu
         mu_product_next = mu_product * mu_next
         return {
-            "bias_correction2": 1 - beta2**step,
+            "bias_correction2": 1 - step_power(beta2, step),
             "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product),
             "exp_avg_coefficient": -lr * mu_next / (1.0 - mu_product_next),
         }, {"mu_product": mu_product}
@@ -69,7 +70,7 @@ def _scalars(step, scalar_state, o: Options):
     mu_product_value = mu_product.astype(scalar_dtype())
     mu_product_next = mu_product_value * mu_next
     return {
-        "bias_correction2": 1 - beta2**step,
+        "bias_correction2": 1 - step_power(beta2, step),
         "grad_coefficient": -lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
         "exp_avg_coefficient": (-lr * mu_next) / _number(1.0 - mu_product_next, lr),
     }, {"mu_product": mu_product}

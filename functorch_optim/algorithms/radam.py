@@ -16,6 +16,7 @@ from ..kernels import (
     div,
     mul,
     opmath_dtype,
+    step_power,
 )
 from ..rule import Algorithm, Array, Options, validate_adam_like
 
@@ -29,11 +30,11 @@ def _scalars(step, scalar_state, o: Options):
     if o.capturable:
         # torch's capturable path: the same formulas on a float32 step tensor
         step = step.astype(TORCH_SCALAR_DTYPE)
-    bias_correction2 = 1 - beta2**step
+    bias_correction2 = 1 - step_power(beta2, step)
 
     # Length of the approximated simple moving average: its limit and its value now.
     rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    rho_t = rho_inf - 2 * step * step_power(beta2, step) / bias_correction2
     # The variance is tractable (rectify) only when rho_t > 5; the step count is
     # traced, so both branches are computed and one selected.
     rectify = rho_t > 5.0
@@ -46,7 +47,7 @@ def _scalars(step, scalar_state, o: Options):
         1.0,
     )
     return {
-        "bias_correction1": 1 - beta1**step,
+        "bias_correction1": 1 - step_power(beta1, step),
         "bias_correction2_sqrt": bias_correction2**0.5,
         "rectify": rectify,
         "rect": rect,
