@@ -30,6 +30,25 @@ TOLERANCE = {
     "float16": (5e-3, 5e-3),
 }
 
+# The property tests' pytree (test_properties): every dtype torch runs for an
+# algorithm and the odd shapes in one tree, so one compile per algorithm covers
+# them all. The registry's ``property_leaves`` narrows it where torch does.
+MIXED = (
+    ((), "float32"),
+    ((0,), "float32"),
+    ((2, 3), "float32"),
+    ((3,), "float64"),
+    ((2, 2), "bfloat16"),
+    ((3,), "float16"),
+    ((2,), "complex64"),
+)
+
+# 10 ** (u * SPAN) scales the property tests' params and grads, u in [-1, 1]:
+# squares stay in range. bfloat16 stops at 1e-4: below, Adam's sqrt(v) nears eps and
+# torch's bf16 results (its vectorized path rounds differently, see kernels.add)
+# drift from the rule's by ~10 bf16 ulps.
+SPAN = {"float64": 100, "float32": 15, "bfloat16": 4, "float16": 1.5, "complex64": 15}
+
 TORCH_DTYPE = {
     "float32": torch.float32,
     "float64": torch.float64,

@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 import torch
-from reference import DTYPES, SHAPES
+from reference import DTYPES, MIXED, SHAPES, SPAN
 
 import functorch_optim as fo
 
@@ -71,6 +71,19 @@ class Spec:
     facade_invalid_options: option sets torch's constructor rejects: the facade must
       raise torch's error at construction and for a group that
       ``add_param_group`` adds (test_facade).
+    nonfinite: ``(options, dtype)``: runs on gradients with NaN and inf, whose NaN
+      and inf must land where torch's do (test_properties).
+    property_leaves: ``(shape, dtype)`` leaves of the one pytree the mixed-dtype
+      property test steps at every magnitude (test_properties); the default mixes
+      every dtype and the odd shapes, narrowed where torch rejects some.
+    property_span: per dtype, the decimal exponents that test scales its params and
+      grads by (``10 ** (u * span)``, u in [-1, 1]).
+    meta_gradient: options whose hyperparameters (lr, betas or momentum and
+      dampening, weight_decay) test_ecosystem differentiates the loss after unrolled
+      steps by, against central differences; None: not checked.
+    sharding_tolerance: the largest relative difference the sharding checks allow
+      between a sharded run and the unsharded one. Sharded matmuls and reductions
+      sum in another order; elementwise steps are bit-identical (0).
     """
 
     name: str
@@ -95,6 +108,11 @@ class Spec:
     invalid_arrays: tuple[dict, ...] = ()
     invalid_params: tuple[tuple[dict, str, tuple], ...] = ()
     facade_invalid_options: tuple[dict, ...] = ()
+    nonfinite: tuple[tuple[dict, str], ...] = ()
+    property_leaves: tuple[tuple[tuple, str], ...] = MIXED
+    property_span: dict = dataclasses.field(default_factory=SPAN.copy)
+    meta_gradient: dict | None = None
+    sharding_tolerance: float = 0.0
 
     @property
     def functional(self):
@@ -179,6 +197,8 @@ SPECS = {
         Spec(
             "sgd",
             "SGD",
+            nonfinite=((dict(lr=0.1, momentum=0.9), "float32"),),
+            meta_gradient=dict(lr=0.01, momentum=0.7, weight_decay=0.1, dampening=0.2),
             sharding=dict(lr=0.1, momentum=0.9, weight_decay=0.01),
             properties=dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
             packing={"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
@@ -201,6 +221,11 @@ SPECS = {
         Spec(
             "adam",
             "Adam",
+            nonfinite=(
+                (dict(lr=0.1, amsgrad=True), "float32"),
+                (dict(lr=0.1), "float64"),
+            ),
+            meta_gradient=dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1),
             sharding=dict(lr=0.05, amsgrad=True, weight_decay=0.01),
             properties=dict(lr=0.05, amsgrad=True, weight_decay=0.1),
             packing={"lr": 0.1, "amsgrad": True, "weight_decay": 0.1},
@@ -264,6 +289,13 @@ SPECS = {
         Spec(
             "adafactor",
             "Adafactor",
+            # torch's Adafactor rejects complex and size 0.
+            property_leaves=tuple(
+                leaf for leaf in MIXED if leaf[1] != "complex64" and leaf[0] != (0,)
+            ),
+            # Sharded matmuls and reductions sum in another order: Adafactor's norms
+            # run in float32 (elementwise steps are bit-identical).
+            sharding_tolerance=1e-5,
             # torch's Adafactor takes eps1=None as finfo(dtype).eps of the FIRST
             # param of the group for all its params; the rule uses each leaf's own
             # dtype. They agree on single-dtype groups (test_parity); the mixed-dtype
@@ -302,6 +334,7 @@ SPECS = {
         Spec(
             "adagrad",
             "Adagrad",
+            nonfinite=((dict(lr=0.1), "float32"),),
             properties=dict(lr=0.1, lr_decay=0.1),
             packing={"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
             grid=(
@@ -342,6 +375,7 @@ SPECS = {
         Spec(
             "adamax",
             "Adamax",
+            nonfinite=((dict(lr=0.1), "float32"),),
             properties=dict(lr=0.05),
             packing={"lr": 0.1, "weight_decay": 0.1},
             grid=(
@@ -458,6 +492,7 @@ SPECS = {
         Spec(
             "rmsprop",
             "RMSprop",
+            nonfinite=((dict(lr=0.1, centered=True), "float32"),),
             sharding=dict(lr=0.01, momentum=0.9, centered=True),
             properties=dict(lr=0.03, centered=True, momentum=0.5),
             packing={"lr": 0.01, "centered": True, "momentum": 0.5},
@@ -494,6 +529,7 @@ SPECS = {
         Spec(
             "rprop",
             "Rprop",
+            nonfinite=((dict(lr=0.1), "float32"),),
             properties=dict(lr=0.05),
             packing={"lr": 0.01},
             grid=(
@@ -545,6 +581,18 @@ SPECS = {
         Spec(
             "muon",
             "Muon",
+            # Muon takes matrices, float16 and complex not. torch runs Newton-Schulz
+            # in bfloat16, whose range is float32's, so float64 leaves stay within it.
+            property_leaves=(
+                ((2, 3), "float32"),
+                ((0, 3), "float32"),
+                ((3, 2), "float64"),
+                ((2, 2), "bfloat16"),
+            ),
+            property_span=SPAN | {"float64": 15},
+            # Sharded matmuls sum in another order, and Newton-Schulz runs in
+            # bfloat16.
+            sharding_tolerance=2e-2,
             properties=dict(lr=0.02),
             grid=(
                 {},

@@ -211,11 +211,6 @@ def close(diff: float, tolerance: float, what: str) -> str:
     return f"max relative difference to unsharded {diff:.3g}"
 
 
-# Sharded matmuls and reductions sum in another order: Muon's Newton-Schulz runs in
-# bfloat16, Adafactor's norms in float32; elementwise steps are bit-identical.
-TOLERANCE = {"muon": 2e-2, "adafactor": 1e-5}
-
-
 def as_grads(kind: str, values: dict, layout: dict, mesh):
     if kind == SPARSE:
         return sparse_grad(values)
@@ -262,7 +257,7 @@ def check_auto(name: str, mesh, ref, results: dict) -> None:
     results[f"jit_keeps_sharding/{name}"] = "params and state keep their shardings"
     diff = max_diff((new_p, state), ref[STEPS - 1])
     results[f"matches_unsharded/{name}"] = close(
-        diff, TOLERANCE.get(name, 0.0), "auto mesh"
+        diff, SPECS[name].sharding_tolerance, "auto mesh"
     )
 
 
@@ -295,7 +290,9 @@ def check_explicit(name: str, emesh, ref, results: dict) -> None:
     check_params_placement(new_p, p, "explicit jit step")
     check_state_placement(state, p, "explicit jit step")
     diff = max_diff((new_p, state), ref[STEPS - 1])
-    results[f"explicit/{name}"] = close(diff, TOLERANCE.get(name, 0.0), "explicit")
+    results[f"explicit/{name}"] = close(
+        diff, SPECS[name].sharding_tolerance, "explicit"
+    )
 
     # chained after clip_grad_norm: the global norm is an all-reduce; gathering
     # a sharded leaf (an all-gather) would be a reshape's or a flatten's. Muon's
@@ -354,7 +351,7 @@ def check_facade(name: str, mesh, ref, results: dict) -> None:
     # The facade traces its hyperparameters where the functional reference has
     # Python constants: XLA may round a product differently (a float32 ulp).
     results[f"facade/{name}"] = close(
-        diff, max(TOLERANCE.get(name, 0.0), 1e-6), "facade"
+        diff, max(SPECS[name].sharding_tolerance, 1e-6), "facade"
     )
 
 

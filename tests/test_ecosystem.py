@@ -401,9 +401,11 @@ def test_vmap_sweep_of_16_learning_rates_is_one_program():
     np.testing.assert_allclose(losses.min(), torch_loss, rtol=1e-10)
 
 
+# The algorithms with a meta-gradient check, and the options it differentiates by.
 META = {
-    "adam": dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1),
-    "sgd": dict(lr=0.01, momentum=0.7, weight_decay=0.1, dampening=0.2),
+    name: spec.meta_gradient
+    for name, spec in SPECS.items()
+    if spec.meta_gradient is not None
 }
 
 

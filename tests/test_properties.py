@@ -38,7 +38,7 @@ from reference import (
     to_torch,
     torch_trajectory,
 )
-from registry import FIRST_ORDER, SPECS
+from registry import BY_FACADE, FIRST_ORDER, SPECS
 from test_facade import _assert_same, _load_fails_and_changes_nothing, _set, _snapshot
 
 import functorch_optim as fo
@@ -66,38 +66,6 @@ def _name(cls) -> str:
 
 def _functional(cls):
     return cls.algorithm.functional(**OPTIONS[cls])
-
-
-# One pytree per algorithm mixing every dtype torch runs for it with the odd shapes:
-# a compile per algorithm covers them all. torch's Adafactor rejects complex and
-# size 0; Muon takes matrices, float16 and complex not.
-MIXED = (
-    ((), "float32"),
-    ((0,), "float32"),
-    ((2, 3), "float32"),
-    ((3,), "float64"),
-    ((2, 2), "bfloat16"),
-    ((3,), "float16"),
-    ((2,), "complex64"),
-)
-LEAVES = {
-    fo.Adafactor: tuple(
-        leaf for leaf in MIXED if leaf[1] != "complex64" and leaf[0] != (0,)
-    ),
-    fo.Muon: (
-        ((2, 3), "float32"),
-        ((0, 3), "float32"),
-        ((3, 2), "float64"),
-        ((2, 2), "bfloat16"),
-    ),
-}
-# 10 ** (u * SPAN) scales params and grads, u in [-1, 1]: squares stay in range.
-# bfloat16 stops at 1e-4: below, Adam's sqrt(v) nears eps and torch's bf16 results
-# (its vectorized path rounds differently, see kernels.add) drift from the
-# rule's by ~10 bf16 ulps. Muon: torch runs Newton-Schulz in bfloat16, whose range
-# is float32's, so float64 leaves stay within it.
-SPAN = {"float64": 100, "float32": 15, "bfloat16": 4, "float16": 1.5, "complex64": 15}
-SPANS = {fo.Muon: SPAN | {"float64": 15}}
 
 
 def _values(seed: int, leaves, scales, step: int) -> list[np.ndarray]:
@@ -135,7 +103,8 @@ STEPS = 2
 @settings(SETTINGS, max_examples=4)
 @given(seed=st.integers(0, 2**16), u=st.floats(-1, 1))
 def test_matches_torch_at_any_magnitude_and_jit_equals_no_jit(cls, seed, u):
-    leaves, span = LEAVES.get(cls, MIXED), SPANS.get(cls, SPAN)
+    spec = BY_FACADE[cls.__name__]
+    leaves, span = spec.property_leaves, spec.property_span
     scales = [10.0 ** (u * span[dtype]) for _, dtype in leaves]
     params = _values(seed, leaves, scales, 0)
     grads = [_values(seed, leaves, scales, k + 1) for k in range(STEPS)]
@@ -366,13 +335,9 @@ def _nonfinite_grads():
 
 PARAMS = [np.array([1.0, 2.0, -3.0]), np.array([[0.5, -1.0], [2.0, 0.0]])]
 NONFINITE_CASES = [
-    (fo.Adam, dict(lr=0.1, amsgrad=True), "float32"),
-    (fo.Adam, dict(lr=0.1), "float64"),
-    (fo.SGD, dict(lr=0.1, momentum=0.9), "float32"),
-    (fo.Adagrad, dict(lr=0.1), "float32"),
-    (fo.RMSprop, dict(lr=0.1, centered=True), "float32"),
-    (fo.Rprop, dict(lr=0.1), "float32"),
-    (fo.Adamax, dict(lr=0.1), "float32"),
+    (spec.cls, options, dtype)
+    for spec in SPECS.values()
+    for options, dtype in spec.nonfinite
 ]
 
 
