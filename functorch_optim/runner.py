@@ -75,9 +75,11 @@ def run_rule(
     phases). XLA inlines the calls, so the compiled step is the one the leaves'
     own traces give, bit for bit. Eager calls run the rule directly, op by op.
     """
+    if is_concrete(param):
+        return _rule(algorithm, param, grad, state, options)
     values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
     static = _StaticOptions.of(options, values)
-    if static is None or is_concrete(param):
+    if static is None:
         return _rule(algorithm, param, grad, state, options)
     return _traced_rule(algorithm, static, param, grad, state, values)
 

@@ -146,10 +146,12 @@ def _operands(
     groups: Sequence[Group],
     names: Sequence[str],
     static_zero: frozenset,
+    donate: bool = True,
 ) -> tuple[tuple, tuple, list]:
     """The compiled step's arguments for the groups' stored gradients, their
     states prepared (created, completed, packed) as the step needs them; and per
-    group stepped, ``(group, the leaves stepped alone)``."""
+    group stepped, ``(group, the leaves stepped alone)``. Without ``donate`` (to
+    lower, not run) the params are passed as they are, held ones uncopied."""
     spec, params, grads, states, traced, where = [], [], [], [], [], []
     packs, pack_inputs = [], []
     for group in groups:
@@ -168,7 +170,9 @@ def _operands(
         spec.append(
             (algorithm, static, shardings, tuple(p.shapes for p in group.packs))
         )
-        params.append(group.params_to_donate(alone))
+        params.append(
+            group.params_to_donate(alone) if donate else [leaves[i] for i in alone]
+        )
         grads.append([leaf_grads[i] for i in alone])
         states.append([group.states[i] for i in alone])
         packs.append(
@@ -215,7 +219,7 @@ def lowered(
     """The program :func:`step` would run now, lowered (nothing is stepped; the
     states are prepared as the step prepares them); ValueError when no param has
     a gradient."""
-    spec, args, _ = _operands(algorithm, groups, names, static_zero)
+    spec, args, _ = _operands(algorithm, groups, names, static_zero, donate=False)
     if not spec:
         raise ValueError("no parameter has a gradient: a step would run nothing")
     return _fused_step.lower(spec, *args)

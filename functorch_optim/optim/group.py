@@ -177,6 +177,8 @@ class Group:
         """
         leaves = self.params
         held = [i for i in indices if sys.getrefcount(leaves[i]) > _ONLY_LISTED]
+        if not held:  # the usual step: nothing to copy
+            return [leaves[i] for i in indices]
         copies = jax.device_put(
             [leaves[i] for i in held],
             [leaves[i].sharding for i in held],
