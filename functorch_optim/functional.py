@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .core import GradientTransformation, updates_between
+from .core import GradientTransformation
 from .rule import Algorithm, Options
 from .runner import init_tree, step_tree
 
@@ -24,10 +24,9 @@ class AlgorithmUpdate:
     def __call__(self, grads, state, params=None, **extra_args):
         del extra_args  # the first-order algorithms read only grads and params
         params = params_or_zeros(self.algorithm, self.options, grads, params)
-        new_params, new_state = step_tree(
-            self.algorithm, params, grads, state, self.options
+        return step_tree(
+            self.algorithm, params, grads, state, self.options, as_updates=True
         )
-        return updates_between(new_params, params), new_state
 
 
 def params_or_zeros(algorithm: Algorithm, options: Options, grads, params):
@@ -47,8 +46,9 @@ def make_transform(
 ) -> GradientTransformation:
     """The optax-style ``(init, update)`` pair running ``algorithm`` with ``given``.
 
-    ``update`` returns ``new_params - params``, so ``apply_updates(params, updates)``
-    reproduces the parameters torch holds after ``step()``.
+    ``update`` returns the updates that ``apply_updates(params, updates)`` turns
+    into the parameters torch holds after ``step()`` (the rule's increment where
+    it ends in one, else ``new_params - params``).
     """
     options = algorithm.options(given)
 

@@ -11,7 +11,7 @@ call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,9 +124,30 @@ def mul(x: Array, factor: Any) -> Array:
     return cast(cast(x, op) * scalar(factor, op), x.dtype)
 
 
-def add(x: Array, y: Any, alpha: Any = 1) -> Array:
-    """``torch.add(x, y, alpha=alpha)``: ``x + alpha * y`` in :func:`opmath_dtype`,
-    rounded once; ``y`` may be a tensor or a scalar.
+class Increment(NamedTuple):
+    """A rule's new parameter as torch's last in-place op on it writes it:
+    ``param + delta``, with ``delta`` in :func:`opmath_dtype` and one rounding
+    to the parameter's dtype (:meth:`applied`).
+
+    A rule that returns its new parameter so lets the functional path return
+    ``delta`` itself as the update (where ``param`` is the leaf it was given and
+    its dtype is its opmath dtype), so ``apply_updates`` performs torch's last op
+    exactly, with no ``new - old`` per leaf to compile (see
+    :func:`functorch_optim.runner.run_rule`).
+    """
+
+    param: Array
+    delta: Array
+
+    def applied(self) -> Array:
+        """``param + delta``, rounded once to the parameter's dtype."""
+        op = opmath_dtype(self.param.dtype)
+        return cast(cast(self.param, op) + self.delta, self.param.dtype)
+
+
+def add_step(x: Array, y: Any, alpha: Any = 1) -> Increment:
+    """``torch.add(x, y, alpha=alpha)`` as an :class:`Increment` of ``x``:
+    ``alpha * y`` in :func:`opmath_dtype`; ``y`` may be a tensor or a scalar.
 
     This is torch's scalar CPU path. Its vectorized bfloat16 path first rounds
     ``alpha`` to bfloat16, so torch's own bfloat16 results depend on where an
@@ -134,7 +155,20 @@ def add(x: Array, y: Any, alpha: Any = 1) -> Array:
     """
     op = opmath_dtype(x.dtype)
     y = scalar(y, op) if isinstance(y, (int, float)) else cast(jnp.asarray(y), op)
-    return cast(cast(x, op) + _times(alpha, y, op), x.dtype)
+    return Increment(x, _times(alpha, y, op))
+
+
+def addcdiv_step(x: Array, t1: Array, t2: Array, value: Any = 1) -> Increment:
+    """``torch.addcdiv(x, t1, t2, value=value)`` as an :class:`Increment` of
+    ``x``: ``value * t1 / t2`` (left to right) in :func:`opmath_dtype`."""
+    op = opmath_dtype(x.dtype)
+    return Increment(x, _times(value, cast(t1, op), op) / cast(t2, op))
+
+
+def add(x: Array, y: Any, alpha: Any = 1) -> Array:
+    """``torch.add(x, y, alpha=alpha)``: ``x + alpha * y`` in :func:`opmath_dtype`,
+    rounded once (:func:`add_step`, applied)."""
+    return add_step(x, y, alpha).applied()
 
 
 def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
@@ -146,9 +180,8 @@ def addcmul(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
 
 def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
     """``torch.addcdiv``: ``x + value * t1 / t2`` (left to right) in
-    :func:`opmath_dtype`, rounded once."""
-    op = opmath_dtype(x.dtype)
-    return cast(cast(x, op) + _times(value, cast(t1, op), op) / cast(t2, op), x.dtype)
+    :func:`opmath_dtype`, rounded once (:func:`addcdiv_step`, applied)."""
+    return addcdiv_step(x, t1, t2, value).applied()
 
 
 def scalar(x: Any, dtype) -> Any:

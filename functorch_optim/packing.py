@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .checks import check_param_dtypes, leaf_names
-from .core import GradientTransformation, is_concrete, updates_between
+from .core import GradientTransformation, is_concrete
 from .functional import AlgorithmUpdate, params_or_zeros
 from .rule import Options
 from .runner import (
@@ -418,18 +418,16 @@ def packed(tx: Any) -> Any:
                         "at every step"
                     )
             flat_param = _flat([leaves[i] for i in indices])
-            new_param, pack_state = run_rule(
+            flat_update, pack_state = run_rule(
                 algorithm,
                 flat_param,
                 _flat([grad_leaves[i] for i in indices]),
                 pack_state,
                 step_options,
+                as_update=True,
             )
-            # one flat subtraction; the caller's per-leaf adds stay simple
             pack_updates = split(
-                updates_between(new_param, flat_param),
-                [leaves[i].shape for i in indices],
-                offsets,
+                flat_update, [leaves[i].shape for i in indices], offsets
             )
             for i, update in zip(indices, pack_updates, strict=True):
                 updates[i] = update
@@ -437,14 +435,14 @@ def packed(tx: Any) -> Any:
         leaf_states = list(state.leaves)
         for i, leaf_state in enumerate(state.leaves):
             if leaf_state is not None:
-                new_leaf, leaf_states[i] = run_rule(
+                updates[i], leaf_states[i] = run_rule(
                     algorithm,
                     leaves[i],
                     taken_grad(algorithm, grad_leaves[i], options),
                     leaf_state,
                     step_options,
+                    as_update=True,
                 )
-                updates[i] = updates_between(new_leaf, leaves[i])
         new = PackedState(
             state.count + 1,
             scalars,

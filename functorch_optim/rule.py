@@ -33,7 +33,11 @@ keeps such as ASGD's ``eta``), and the per-leaf part, the array math.
 ``step(param, grad, state, options) -> (new_param, new_state)``
     The per-leaf part of one torch ``step()``: ``state`` holds the array entries,
     ``options`` the group's options with the step's ``values``. ``new_param`` is
-    the parameter torch holds afterwards, computed in torch's order of operations.
+    the parameter torch holds afterwards, computed in torch's order of operations;
+    where torch's last op adds an increment to the parameter it was given
+    (``param.add_``, ``param.addcdiv_``), the rule returns it as a
+    :class:`functorch_optim.kernels.Increment` (``add_step``, ``addcdiv_step``),
+    which the functional path returns as the update itself.
 ``options``
     An :class:`Options` of the group's hyperparameters under torch's keyword names.
     Numeric values are Python numbers (constants), JAX scalars (traced, so changing

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from .checks import check_grads, check_param_dtypes, leaf_names
-from .core import is_bcoo, is_concrete
-from .kernels import cast, to_complex, to_real
+from .core import is_bcoo, is_concrete, updates_between
+from .kernels import Increment, cast, opmath_dtype, to_complex, to_real
 from .rule import Algorithm, Options
 from .sharding import explicit_as_auto, place, place_like
 
@@ -63,10 +63,25 @@ def step_scalars(
 
 
 def run_rule(
-    algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
+    algorithm: Algorithm,
+    param: Any,
+    grad: Any,
+    state: dict,
+    options: Options,
+    as_update: bool = False,
 ) -> tuple[Any, dict]:
     """The per-leaf part of a step on one leaf (its array state entries), with
-    torch's complex handling and dtype preservation.
+    torch's complex handling and dtype preservation: the new parameter and state,
+    or with ``as_update`` the update that :func:`~functorch_optim.apply_updates`
+    turns ``param`` into the new parameter with.
+
+    The update is the rule's increment itself where the rule ends in one
+    (:class:`~functorch_optim.kernels.Increment`) on ``param`` in its own dtype
+    (``apply_updates`` then performs torch's last op), and ``new - param``
+    (:func:`~functorch_optim.core.updates_between`) otherwise: for bfloat16 and
+    float16, whose increment torch adds in float32 before one rounding, and for
+    rules that rewrite the parameter before their last op (decoupled weight
+    decay).
 
     Under tracing the rule runs as a nested ``jax.jit`` (:data:`_traced_rule`),
     whose trace is cached by the leaf's shape, dtype and sharding and the static
@@ -76,16 +91,21 @@ def run_rule(
     own traces give, bit for bit. Eager calls run the rule directly, op by op.
     """
     if is_concrete(param):
-        return _rule(algorithm, param, grad, state, options)
+        return _rule(algorithm, param, grad, state, options, as_update)
     values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
     static = _StaticOptions.of(options, values)
     if static is None:
-        return _rule(algorithm, param, grad, state, options)
-    return _traced_rule(algorithm, static, param, grad, state, values)
+        return _rule(algorithm, param, grad, state, options, as_update)
+    return _traced_rule(algorithm, static, as_update, param, grad, state, values)
 
 
 def _rule(
-    algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
+    algorithm: Algorithm,
+    param: Any,
+    grad: Any,
+    state: dict,
+    options: Options,
+    as_update: bool,
 ) -> tuple[Any, dict]:
     as_real = algorithm.complex_as_real and jnp.iscomplexobj(param)
     if as_real:
@@ -98,14 +118,25 @@ def _rule(
     # not closed over: explicit_as_auto moves its arguments to auto mesh axes.
     values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
 
+    # whether the rule's result is an update, decided while tracing it (a Python
+    # fact, so it leaves the rule beside its arrays, which explicit_as_auto shards)
+    gives_update = []
+
     def rule(p, g, s, values):
-        return algorithm.step(p, g, s, Options({**options, **values}))
+        new_p, new_s = algorithm.step(p, g, s, Options({**options, **values}))
+        if isinstance(new_p, Increment):
+            if as_update and _is_update(new_p, p):
+                gives_update.append(True)
+                return new_p.delta, new_s
+            new_p = new_p.applied()
+        return new_p, new_s
 
     if not algorithm.elementwise:
         rule = explicit_as_auto(rule, run_param, run_state)
-    new_param, new_state = rule(run_param, run_grad, run_state, values)
+    result, new_state = rule(run_param, run_grad, run_state, values)
+    is_update = bool(gives_update)
     if as_real:
-        new_param = to_complex(new_param, param)
+        result = to_complex(result, param)
         new_state = {k: to_complex(v, state.get(k)) for k, v in new_state.items()}
     new_state = {
         k: _cast_like(v, state[k]) if state.get(k) is not None else v
@@ -113,7 +144,18 @@ def _rule(
     }
     # A step that is not elementwise (a scatter, a reshape) may leave the result
     # on other shards than the parameter's; put it back where it was.
-    return place(_cast_like(new_param, param), param), place_like(new_state, param)
+    result = place(_cast_like(result, param), param)
+    if as_update and not is_update:
+        result = updates_between(result, param)
+    return result, place_like(new_state, param)
+
+
+def _is_update(step: Increment, param: Any) -> bool:
+    """Whether ``param + step.delta`` rounds as ``param + update`` does in
+    ``apply_updates``: the increment is on ``param`` itself, in its dtype."""
+    return step.param is param and step.delta.dtype == param.dtype == opmath_dtype(
+        param.dtype
+    )
 
 
 class _StaticOptions:
@@ -153,17 +195,17 @@ def _typed(value: Any) -> Any:
 def _nested_rule(
     algorithm: Algorithm,
     static: _StaticOptions,
+    as_update: bool,
     param: Any,
     grad: Any,
     state: dict,
     values: dict,
 ) -> tuple[Any, dict]:
-    return _rule(
-        algorithm, param, grad, state, Options({**dict(static.items), **values})
-    )
+    options = Options({**dict(static.items), **values})
+    return _rule(algorithm, param, grad, state, options, as_update)
 
 
-_traced_rule = jax.jit(_nested_rule, static_argnums=(0, 1))
+_traced_rule = jax.jit(_nested_rule, static_argnums=(0, 1, 2))
 
 
 def _cast_like(x: Any, like: Any) -> Any:
@@ -259,10 +301,16 @@ def init_tree(algorithm: Algorithm, params: Any, options: Options) -> Any:
 
 
 def step_tree(
-    algorithm: Algorithm, params: Any, grads: Any, state: Any, options: Options
+    algorithm: Algorithm,
+    params: Any,
+    grads: Any,
+    state: Any,
+    options: Options,
+    as_updates: bool = False,
 ) -> tuple[Any, Any]:
     """Step every leaf of ``params`` from the functional ``state``; returns the new
-    params and the new state."""
+    params (with ``as_updates``, the updates to them, see :func:`run_rule`) and
+    the new state."""
     leaves, grad_leaves, treedef = checked_leaves(params, grads)
     grad_leaves = [taken_grad(algorithm, g, options) for g in grad_leaves]
     names = array_names(algorithm)
@@ -276,7 +324,12 @@ def step_tree(
     step_options, new_scalars = step_scalars(algorithm, state.count, scalars, options)
     results = [
         run_rule(
-            algorithm, p, g, {name: columns[name][i] for name in names}, step_options
+            algorithm,
+            p,
+            g,
+            {name: columns[name][i] for name in names},
+            step_options,
+            as_updates,
         )
         for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True))
     ]

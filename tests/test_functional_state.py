@@ -4,6 +4,7 @@ torch's names) and optax's own tools read it, for every first-order algorithm.""
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from jax.experimental import sparse
 from registry import FIRST_ORDER, SPECS
 
@@ -192,3 +194,74 @@ def test_multi_steps_masked_and_partition(name):
     for k in params:
         if k != first:
             np.testing.assert_array_equal(got[k], params[k])
+
+
+# --- the update -----------------------------------------------------------------------
+
+
+def _count_ops(tx, leaves: int) -> dict[str, int]:
+    """Array-valued selects and compares in the compiled step of ``tx`` on
+    ``leaves`` leaves (XLA copies a scalar one into every leaf's fusion)."""
+    params = {f"p{i}": jnp.ones((16,), jnp.float32) for i in range(leaves)}
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return fo.apply_updates(params, updates), state
+
+    text = jax.jit(step).lower(params, tx.init(params), params).compile().as_text()
+    return {
+        op: len(re.findall(rf"\w+\[\d[\d,]*\]\S* {op}\(", text))
+        for op in ("select", "compare")
+    }
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        fo.sgd(lr=0.1, momentum=0.9),
+        fo.sgd(lr=0.1, momentum=0.9, dampening=0.1, nesterov=False),
+        fo.adam(lr=0.1),
+        fo.rmsprop(lr=0.1),
+    ],
+    ids=["sgd_momentum", "sgd_dampening", "adam", "rmsprop"],
+)
+def test_a_step_compiles_no_select_per_leaf(tx):
+    """The update is the rule's increment, not ``new - old`` with 0 where the
+    two are equal, and SGD's first step needs no branch per leaf: a step has
+    no elementwise select or compare."""
+    assert _count_ops(tx, 3) == {"select": 0, "compare": 0}
+
+
+@pytest.mark.parametrize(
+    "dampening, nesterov", [(0.0, False), (0.5, False), (0.0, True)]
+)
+def test_sgd_first_step_copies_the_gradient_bit_for_bit(dampening, nesterov):
+    """torch's first step clones the gradient into the buffer: signed zeros,
+    infinities and nan included, through the functional path and the facade."""
+    grad = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, -1.5, 3.0], np.float32)
+    param = np.linspace(-1.0, 1.0, grad.size).astype(np.float32)
+    options = dict(lr=0.1, momentum=0.9, dampening=dampening, nesterov=nesterov)
+    t_param = torch.nn.Parameter(torch.tensor(param))
+    t_opt = torch.optim.SGD([t_param], **options)
+    t_param.grad = torch.tensor(grad)
+    t_opt.step()
+    expected_buffer = t_opt.state[t_param]["momentum_buffer"].numpy()
+
+    tx = fo.sgd(**options)
+    updates, state = jax.jit(tx.update)(
+        jnp.asarray(grad), tx.init(jnp.asarray(param)), jnp.asarray(param)
+    )
+    facade_param = jnp.asarray(param)
+    facade = fo.SGD([facade_param], **options)
+    facade.step([jnp.asarray(grad)])
+    facade_buffer = facade.state_dict()["state"][0]["momentum_buffer"]
+    for buffer in (state.momentum_buffer, facade_buffer):
+        np.testing.assert_array_equal(
+            np.asarray(buffer).view(np.uint32), expected_buffer.view(np.uint32)
+        )
+    # torch's vectorized add_ and XLA's fused loop may round the param apart
+    np.testing.assert_allclose(
+        np.asarray(fo.apply_updates(jnp.asarray(param), updates)),
+        t_param.detach().numpy(),
+        rtol=1e-6,
+    )

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from ..kernels import add, addcmul, mul
+from ..kernels import add, add_step, addcmul, mul
 from ..rule import (
     Algorithm,
     Array,
@@ -41,7 +41,7 @@ def _step(param, grad, state, o: Options):
     std = jnp.sqrt(add(square_avg, eps))
     delta = jnp.sqrt(add(state["acc_delta"], eps)) / std * grad
     acc_delta = addcmul(mul(state["acc_delta"], rho), delta, delta, 1 - rho)
-    new_param = add(param, delta, -o.lr)
+    new_param = add_step(param, delta, -o.lr)
     return new_param, {"square_avg": square_avg, "acc_delta": acc_delta}
 
 

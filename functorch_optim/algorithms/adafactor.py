@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
-from ..kernels import add, lerp_kernel, mul, opmath_dtype
+from ..kernels import add_step, lerp_kernel, mul, opmath_dtype
 from ..rule import Algorithm, Array, Options, nonzero, require
 
 
@@ -106,7 +106,7 @@ def _step(param, grad, state, o: Options):
     clamped = jnp.maximum(var_estimate, eps1 * eps1).astype(opmath)
     update = (1 / jnp.sqrt(clamped)).astype(dtype) * grad
     denom = jnp.maximum(1.0, _norm(update) / (update.size**0.5 * o.d))
-    new_param = add(param, update, -alpha / denom)
+    new_param = add_step(param, update, -alpha / denom)
     return new_param, {
         "row_var": row_var,
         "col_var": col_var,

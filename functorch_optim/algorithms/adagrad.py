@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from ..kernels import add, addcdiv, addcmul
+from ..kernels import add, addcdiv_step, addcmul
 from ..rule import (
     Algorithm,
     Array,
@@ -63,7 +63,7 @@ def _step(param, grad, state, o: Options):
         grad = add(grad, param, o.weight_decay)
     state_sum = addcmul(state["sum"], grad, grad)
     std = add(jnp.sqrt(state_sum), o.eps)
-    new_param = addcdiv(param, grad, std, -o.clr)
+    new_param = addcdiv_step(param, grad, std, -o.clr)
     return new_param, {"sum": state_sum}
 
 

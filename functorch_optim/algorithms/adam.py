@@ -12,7 +12,7 @@ from ..kernels import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
     add,
-    addcdiv,
+    addcdiv_step,
     apply_weight_decay,
     div,
     rdiv,
@@ -103,10 +103,10 @@ def _step(param, grad, state, o: Options):
         second_moment = exp_avg_sq
     if o.capturable:
         denom = add(div(jnp.sqrt(second_moment), o.denom_scale), o.denom_eps)
-        new_param = addcdiv(param, exp_avg, denom)
+        new_param = addcdiv_step(param, exp_avg, denom)
     else:
         denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
-        new_param = addcdiv(param, exp_avg, denom, o.neg_step_size)
+        new_param = addcdiv_step(param, exp_avg, denom, o.neg_step_size)
     return new_param, {
         "exp_avg": exp_avg,
         "exp_avg_sq": exp_avg_sq,

@@ -11,7 +11,7 @@ from ..functional import make_transform
 from ..kernels import (
     TORCH_SCALAR_DTYPE,
     add,
-    addcdiv,
+    addcdiv_step,
     lerp_kernel,
     mul,
     step_power,
@@ -42,9 +42,9 @@ def _step(param, grad, state, o: Options):
     exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
     exp_inf = jnp.maximum(mul(state["exp_inf"], beta2), add(jnp.abs(grad), o.eps))
     if o.capturable:
-        new_param = addcdiv(param, exp_avg, mul(exp_inf, o.neg_bias_correction))
+        new_param = addcdiv_step(param, exp_avg, mul(exp_inf, o.neg_bias_correction))
     else:
-        new_param = addcdiv(param, exp_avg, exp_inf, -o.clr)
+        new_param = addcdiv_step(param, exp_avg, exp_inf, -o.clr)
     return new_param, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 

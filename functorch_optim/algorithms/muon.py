@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from ..kernels import add, lerp_kernel, mul
+from ..kernels import add_step, lerp_kernel, mul
 from ..rule import Algorithm, Array, Options, require
 
 # torch's defaults, from Keller Jordan's Muon.
@@ -130,7 +130,7 @@ def _step(param, grad, state, o: Options):
 
     param = mul(param, 1 - o.lr * o.weight_decay)
     # param (any float dtype) + bf16 update: torch promotes, then adds in opmath.
-    new_param = add(param, ortho, -lr)
+    new_param = add_step(param, ortho, -lr)
     return new_param, {"momentum_buffer": buf}
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
-from ..kernels import add, addcdiv, addcmul, lerp_kernel, mul
+from ..kernels import add, add_step, addcdiv, addcdiv_step, addcmul, lerp_kernel, mul
 from ..rule import Algorithm, Array, Options, nonzero, require_nonnegative
 
 
@@ -46,9 +46,9 @@ def _step(param, grad, state, o: Options):
     buf = state["momentum_buffer"]
     if nonzero(o.momentum):
         buf = addcdiv(mul(buf, o.momentum), grad, avg)
-        new_param = add(param, buf, -o.lr)
+        new_param = add_step(param, buf, -o.lr)
     else:
-        new_param = addcdiv(param, grad, avg, -o.lr)
+        new_param = addcdiv_step(param, grad, avg, -o.lr)
     return new_param, {
         "square_avg": square_avg,
         "momentum_buffer": buf,

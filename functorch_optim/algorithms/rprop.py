@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
+from ..kernels import Increment
 from ..rule import Algorithm, Array, Options, known_value, require_nonnegative
 
 
@@ -53,8 +54,11 @@ def _step(param, grad, state, o: Options):
     step_size = jnp.clip(step_size * factor, step_size_min, step_size_max)
     # After a sign change the gradient is forgotten: no move now, no sign next time.
     grad = jnp.where(factor == etaminus_t, jnp.zeros((), dtype), grad)
-    new_param = param - _torch_sign(grad) * step_size
-    return new_param, {"prev": grad, "step_size": step_size}
+    # param - sign(g) step_size: the increment, negated exactly
+    return Increment(param, -(_torch_sign(grad) * step_size)), {
+        "prev": grad,
+        "step_size": step_size,
+    }
 
 
 class RpropState(NamedTuple):

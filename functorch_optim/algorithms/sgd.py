@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from ..core import GradientTransformation
 from ..functional import make_transform
+from ..kernels import Increment
 from ..rule import (
     Algorithm,
     Array,
@@ -37,12 +38,20 @@ def _validate(o: Options) -> None:
 
 
 def _init(param, o: Options) -> dict:
-    # torch creates the buffer from the first gradient; until then it is unused.
-    return {"momentum_buffer": jnp.zeros_like(param) if nonzero(o.momentum) else None}
+    # torch creates the buffer at the first step, as a copy of the gradient. Until
+    # then it holds -0.0, the exact identity of addition: for a finite momentum mu,
+    # mu * -0.0 + g is g for every g (signed zeros, inf and nan included), so the
+    # first step needs no branch of its own.
+    if not nonzero(o.momentum):
+        return {"momentum_buffer": None}
+    return {"momentum_buffer": jnp.full_like(param, -0.0)}
 
 
 def _scalars(step, scalar_state, o: Options):
-    return {"first_step": step == 1}, {}
+    if not nonzero(o.dampening):
+        return {}, {}
+    # torch's first step is undampened: (1 - tau) g from the second step on
+    return {"grad_factor": jnp.where(step == 1, 1.0, 1 - o.dampening)}, {}
 
 
 def _step(param, grad, state, o: Options):
@@ -51,11 +60,12 @@ def _step(param, grad, state, o: Options):
         grad = grad + o.weight_decay * param
     buf = state["momentum_buffer"]
     if nonzero(o.momentum):
-        # torch's first step copies the gradient into the buffer, undampened.
-        buf = jnp.where(o.first_step, grad, buf * o.momentum + (1 - o.dampening) * grad)
+        new_grad = o.grad_factor * grad if nonzero(o.dampening) else grad
+        buf = buf * o.momentum + new_grad
         grad = grad + o.momentum * buf if o.nesterov else buf
-    new_param = param - o.lr * grad
-    return new_param, {"momentum_buffer": buf}
+    # param - lr g, as the increment (-lr) g: the same rounding, and the
+    # functional update is the increment itself
+    return Increment(param, -o.lr * grad), {"momentum_buffer": buf}
 
 
 class SGDState(NamedTuple):
