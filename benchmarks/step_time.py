@@ -20,8 +20,9 @@ state) and the memory of one compiled step
 floor ``params + state + one gradient``), and writes a PNG bar chart.
 
 With ``--fresh-compile`` it also measures each JAX path's compile time alone in a
-fresh process (``--compile-only``): in one process, a path that compiles after
-another reuses its warm caches and looks faster than it is.
+fresh process (``--compile-only``), the median of ``--fresh-repeats`` processes
+taken in turns: in one process, a path that compiles after another reuses its warm
+caches and looks faster than it is, and a single fresh process varies by 20-30%.
 
 Quick run (< 1 minute):
     python benchmarks/step_time.py --pytrees 2000x1024 --optimizers adam --repeats 10
@@ -221,6 +222,22 @@ def plot(results: dict[tuple[str, str], Result], path: str) -> None:
     print(f"plot written to {path}")
 
 
+def fresh_compiles(tree: str, name: str, paths: list[str], args) -> dict:
+    """Each path's compile time alone in a fresh process, the median of
+    ``--fresh-repeats`` runs taken in turns (one of each path per round), so a
+    drift in the machine's speed moves the paths alike."""
+    runs: dict[str, list[float]] = {p: [] for p in paths}
+    for _ in range(args.fresh_repeats):
+        for path in paths:
+            seconds = fresh_process_compile_s(
+                __file__,
+                ["--pytrees", tree, "--optimizers", name, "--compile-only", path],
+            )
+            if seconds is not None:
+                runs[path].append(seconds)
+    return {p: float(np.median(r)) if r else None for p, r in runs.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -249,6 +266,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also time each JAX path's compile alone, in a new process",
     )
     parser.add_argument(
+        "--fresh-repeats",
+        type=int,
+        default=3,
+        help="fresh processes per path with --fresh-compile (median taken)",
+    )
+    parser.add_argument(
         "--compile-only",
         choices=JAX_PATHS,
         help="(used by --fresh-compile) set up this one path, print its compile time",
@@ -272,15 +295,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{tree} / {name} ...", flush=True)
             results[tree, name] = bench(tree, name, args.repeats, tuple(args.paths))
             if args.fresh_compile:
-                for label in JAX_PATHS:
-                    if label in args.paths:
-                        results[tree, name].fresh_compile_s[label] = (
-                            fresh_process_compile_s(
-                                __file__,
-                                ["--pytrees", tree, "--optimizers", name]
-                                + ["--compile-only", label],
-                            )
-                        )
+                results[tree, name].fresh_compile_s = fresh_compiles(
+                    tree, name, [p for p in JAX_PATHS if p in args.paths], args
+                )
             print(table({(tree, name): results[tree, name]}), flush=True)
     print(table(results))
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

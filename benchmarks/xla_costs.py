@@ -9,6 +9,11 @@
 3. Memory passes: the loop kernels XLA emits for an Adam step on one 16.8M leaf,
    and the time of that step. torch's fused kernel reads params, grads and both
    moments once and writes three arrays: 7 passes.
+4. Runtime offsets: 2000 params stepped by slices of one flat buffer, the slices'
+   starts given as 2000 int32 scalars (so the slice kernels are shared), returned
+   again as outputs (as ``fo.packed``'s state returns them), or held as one int32
+   array (one output, but then each kernel slices its own start out of it and
+   is compiled on its own).
 
     python benchmarks/xla_costs.py
 """
@@ -16,6 +21,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -77,11 +83,53 @@ def adam_passes() -> None:
     )
 
 
+def offsets_cost() -> None:
+    count, size = 2000, 1024
+    flat = jnp.ones((count * size,), jnp.float32)
+    scalars = [jnp.int32(i * size) for i in range(count)]
+    array = jnp.arange(count, dtype=jnp.int32) * size
+
+    def add_slices(params, flat, starts):
+        return [
+            p + lax.dynamic_slice(flat, (s,), (size,))
+            for p, s in zip(params, starts, strict=True)
+        ]
+
+    variants = {
+        "2000 scalars in": (lambda p, f, o: (add_slices(p, f, o), None), scalars),
+        "2000 scalars in and out": (lambda p, f, o: (add_slices(p, f, o), o), scalars),
+        "one array in and out": (
+            lambda p, f, o: (add_slices(p, f, [o[i] for i in range(count)]), o),
+            array,
+        ),
+    }
+    runs, compile_s = {}, {}
+    for name, (fn, offsets) in variants.items():
+        held = {"params": [jnp.zeros((size,), jnp.float32) for _ in range(count)]}
+        start = time.perf_counter()
+        step = jax.jit(fn, donate_argnums=0).lower(held["params"], flat, offsets)
+        step = step.compile()
+        compile_s[name] = time.perf_counter() - start
+
+        def run(step=step, held=held, offsets=offsets):
+            held["params"], _ = jax.block_until_ready(
+                step(held["params"], flat, offsets)
+            )
+
+        runs[name] = run
+    print(f"\n{count} params stepped by slices of one flat buffer, by offsets:")
+    print("| offsets | step ms | compile s |")
+    print("|---|---|---|")
+    for name, ms in interleaved_medians(runs, REPEATS).items():
+        print(f"| {name} | {ms:.2f} | {compile_s[name]:.1f} |")
+
+
 def main() -> None:
     print(f"jax {jax.__version__} ({jax.default_backend()})\n")
     split_cost()
     concat_cost()
     adam_passes()
+    offsets_cost()
 
 
 if __name__ == "__main__":
