@@ -12,7 +12,6 @@ from ..kernels import (
     TORCH_SCALAR_DTYPE,
     adam_moments,
     add,
-    add_step,
     apply_weight_decay,
     div,
     mul,
@@ -62,6 +61,9 @@ def _step(param, grad, state, o: Options):
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
     bias_corrected_exp_avg = div(exp_avg, o.bias_correction1)
     exp_avg_sq_sqrt = add(jnp.sqrt(exp_avg_sq), o.eps)
+    # Both paths return the new param, not an Increment: with the increment as the
+    # update, XLA CPU compiled ``param + delta`` so that a float64 leaf of 8
+    # elements and its shards of 2 rounded apart by an ulp (tests/sharding_checks).
     if o.capturable:
         # a tensor over a tensor: a true division; the update selected, then
         # applied to the unrectified step
@@ -73,15 +75,12 @@ def _step(param, grad, state, o: Options):
         update = jnp.where(
             o.rectify, mul(adaptive_lr, o.rect), jnp.ones((), adaptive_lr.dtype)
         )
-        new_param = add_step(param, mul(bias_corrected_exp_avg, o.lr) * update, -1.0)
+        new_param = add(param, mul(bias_corrected_exp_avg, o.lr) * update, -1.0)
         return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     # torch's ``float / tensor`` is ``tensor.reciprocal() * float``.
     adaptive_lr = mul(1 / exp_avg_sq_sqrt, o.bias_correction2_sqrt)
     unrectified = mul(bias_corrected_exp_avg, o.lr)
     rectified = mul(unrectified * adaptive_lr, o.rect)
-    # The new param, not an Increment: with the increment as the update, XLA CPU
-    # compiled ``param + delta`` so that a float64 leaf of 8 elements and its
-    # shards of 2 rounded apart by an ulp (tests/sharding_checks.py).
     new_param = add(param, jnp.where(o.rectify, rectified, unrectified), -1.0)
     return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
