@@ -126,8 +126,10 @@ def mul(x: Array, factor: Any) -> Array:
 
 class Increment(NamedTuple):
     """A rule's new parameter as torch's last in-place op on it writes it:
-    ``param + delta``, with ``delta`` in :func:`opmath_dtype` and one rounding
-    to the parameter's dtype (:meth:`applied`).
+    ``param + delta``, added in :func:`opmath_dtype` and rounded once to the
+    parameter's dtype (:meth:`applied`). ``delta`` is in the opmath dtype where a
+    torch kernel computes it (:func:`add_step`, :func:`addcdiv_step`), in the
+    parameter's dtype where the rule writes plain arithmetic (SGD, Rprop).
 
     A rule that returns its new parameter so lets the functional path return
     ``delta`` itself as the update (where ``param`` is the leaf it was given and
