@@ -33,6 +33,16 @@ Differences from torch that JAX imposes:
     ``jax.vmap`` or ``jax.grad``; a traced value reaching it is an error before
     anything changes (the functional transforms are the form for those).
 
+Threads: an optimizer may be used from several threads (a logging or checkpoint
+thread beside the training loop). Its public methods that read or write the params,
+grads or state run under one reentrant lock per optimizer (``step`` with its hooks
+and closure, which may call back into it), because a step donates buffers: a read
+racing it could hand out a buffer the step then consumes, and two racing steps would
+pass one buffer twice. A handed-out param is referenced by the caller before the
+lock is released, so the next step sees it held (:meth:`.Group.params_to_donate`)
+and copies it. ``param_groups`` are the live dicts, as torch's: their options may
+be edited from any thread (a scheduler), their params are read through ``params``.
+
 Extension points, for an optimizer whose step updates all params together (L-BFGS):
 it sets :attr:`Optimizer.per_leaf` to False, overrides ``step``, and uses or
 overrides :meth:`~Optimizer.group_options`, :meth:`~Optimizer.closure_params`,
@@ -43,6 +53,8 @@ overrides :meth:`~Optimizer.group_options`, :meth:`~Optimizer.closure_params`,
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -73,6 +85,17 @@ from .inputs import (
 )
 
 _all_finite = jax.jit(all_finite)
+
+
+def _serialized(method: Callable) -> Callable:
+    """``method`` run under its optimizer's lock (see "Threads" above)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +152,13 @@ class Optimizer(Hooks):
         super().__init_subclass__(**kwargs)
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "hooked", False):
-            # step hooks wrap step, as torch patches it
-            cls.step = with_step_hooks(step)  # type: ignore[method-assign]
+            # step hooks wrap step, as torch patches it, and the lock wraps both
+            # (functools.wraps carries the `hooked` mark out)
+            cls.step = _serialized(with_step_hooks(step))  # type: ignore[method-assign]
 
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         super().__init__()
+        self._lock = threading.RLock()
         self.defaults = dict(defaults)
         # torch's `if x != 0` branches are on options that are off (0) by default:
         # weight decay, momentum, dampening. Only their zeros are static; a zero lr
@@ -173,6 +198,16 @@ class Optimizer(Hooks):
                     new_state(self.algorithm, p, options) for p in group.params
                 ]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a lock cannot be copied or pickled: a copy (copy.deepcopy) gets its own
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         """Each group's dict: its ``params`` (the current arrays, in the
@@ -182,6 +217,7 @@ class Optimizer(Hooks):
 
     # -- groups ------------------------------------------------------------------
 
+    @_serialized
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, filling missing options from ``defaults`` (torch's checks)."""
         if not isinstance(param_group, dict):
@@ -334,6 +370,7 @@ class Optimizer(Hooks):
     # -- params and grads as given -------------------------------------------------
 
     @property
+    @_serialized
     def params(self) -> Any:
         """The current parameters, in the structure they were given.
 
@@ -344,6 +381,7 @@ class Optimizer(Hooks):
         return self.closure_params()([list(group.params) for group in self._groups])
 
     @params.setter
+    @_serialized
     def params(self, params: Any) -> None:
         """Replace the parameters, as torch's ``model.load_state_dict`` does (to
         restore a checkpoint into an optimizer built as the run built it).
@@ -370,11 +408,13 @@ class Optimizer(Hooks):
             group.param_group["params"] = leaves
 
     @property
+    @_serialized
     def grads(self) -> Any:
         """The stored gradients, shaped like :attr:`params`; ``None`` = no gradient."""
         return self.closure_params()([list(group.grads) for group in self._groups])
 
     @grads.setter
+    @_serialized
     def grads(self, grads: Any) -> None:
         self._set_grads(self._flatten_grads(grads))
 
@@ -382,6 +422,7 @@ class Optimizer(Hooks):
         for group, grads in zip(self._groups, per_group, strict=True):
             group.grads = grads
 
+    @_serialized
     def accumulate_grad(self, grads: Any) -> None:
         """Add ``grads`` to the stored gradients, as torch's ``backward`` accumulates
         into ``.grad``; a ``None`` stored gradient takes the new one as it is."""
@@ -392,6 +433,7 @@ class Optimizer(Hooks):
                 for a, b in zip(group.grads, add)
             ]
 
+    @_serialized
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the stored gradients, as torch's ``zero_grad``.
 
@@ -546,6 +588,7 @@ class Optimizer(Hooks):
             self.algorithm, self._groups, list(self.defaults), self._static_zero
         )
 
+    @_serialized
     def lowered_step(self, grads: Any = None) -> jax.stages.Lowered:
         """The compiled program ``step(grads)`` would run now, lowered, for its
         cost and memory analysis (``opt.lowered_step(grads).compile()
@@ -565,6 +608,7 @@ class Optimizer(Hooks):
     # -- state -----------------------------------------------------------------------
 
     @property
+    @_serialized
     def state(self) -> dict:
         """Per-parameter state under torch's names, for the params torch has state
         for, keyed by the parameter's index (or the parameter array itself).
@@ -574,6 +618,7 @@ class Optimizer(Hooks):
         """
         return state_dict_format.state(self)
 
+    @_serialized
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in torch's format.
 
@@ -583,6 +628,7 @@ class Optimizer(Hooks):
         """
         return state_dict_format.state_dict(self)
 
+    @_serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state dict of :meth:`state_dict`'s format.
 
@@ -595,6 +641,7 @@ class Optimizer(Hooks):
         """
         state_dict_format.load_state_dict(self, state_dict)
 
+    @_serialized
     def debug_layout(self) -> list[list[tuple[int, ...]]]:
         """For tests and debugging: how the state is laid out now. Per group, one
         tuple per pack (:mod:`functorch_optim.packing`) holding the positions in
@@ -612,8 +659,8 @@ class Optimizer(Hooks):
         return text + ")"
 
 
-# step hooks wrap step, as torch patches it
-Optimizer.step = with_step_hooks(Optimizer.step)  # type: ignore[method-assign]
+# step hooks wrap step, as torch patches it, and the lock wraps both
+Optimizer.step = _serialized(with_step_hooks(Optimizer.step))  # type: ignore[method-assign]
 
 
 def _as_compared(value: Any) -> Any:
