@@ -21,7 +21,14 @@ from .algorithms.rmsprop import RMSpropState, rmsprop
 from .algorithms.rprop import RpropState, rprop
 from .algorithms.sgd import SGDState, sgd
 from .algorithms.sparse_adam import SparseAdamState, sparse_adam
-from .clipping import clip_grad_norm, clip_grad_value, global_norm
+from .clipping import (
+    clip_by_total_norm,
+    clip_grad_norm,
+    clip_grad_norm_,
+    clip_grad_value,
+    clip_grad_value_,
+    global_norm,
+)
 from .core import GradientTransformation, apply_updates, chain
 from .lbfgs import LBFGS, lbfgs
 from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
@@ -118,8 +125,11 @@ __all__ = [
     "radam",
     "apply_updates",
     "chain",
+    "clip_by_total_norm",
     "clip_grad_norm",
+    "clip_grad_norm_",
     "clip_grad_value",
+    "clip_grad_value_",
     "global_norm",
     "LBFGS",
     "lbfgs",

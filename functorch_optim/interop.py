@@ -29,21 +29,30 @@ from .names import given_order, path_name
 _BFLOAT16 = np.dtype(jnp.bfloat16)
 
 
-def _is_torch_tensor(x: Any) -> bool:
-    # A torch tensor can only exist when torch is already imported.
+def is_torch_tensor(x: Any) -> bool:
+    """``x`` is a torch tensor (checked without importing torch: a tensor can only
+    exist once torch is imported)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _map_arrays(convert: Callable[[Any], Any], tree: Any) -> Any:
-    if isinstance(tree, (jax.Array, np.ndarray, np.generic)) or _is_torch_tensor(tree):
+def _map_arrays(
+    convert: Callable[[Any], Any], tree: Any, plain_dicts: bool = False
+) -> Any:
+    """``tree`` with ``convert`` applied to its arrays. ``plain_dicts``: every
+    mapping (torch's ``OrderedDict`` state dicts) becomes a ``dict`` in the same
+    order, the one dict type JAX code labels and matches trees with."""
+    if isinstance(tree, (jax.Array, np.ndarray, np.generic)) or is_torch_tensor(tree):
         return convert(tree)
     if isinstance(tree, dict):
-        return type(tree)((k, _map_arrays(convert, v)) for k, v in tree.items())
+        mapping = dict if plain_dicts else type(tree)
+        return mapping(
+            (k, _map_arrays(convert, v, plain_dicts)) for k, v in tree.items()
+        )
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple
-        return type(tree)(*(_map_arrays(convert, v) for v in tree))
+        return type(tree)(*(_map_arrays(convert, v, plain_dicts) for v in tree))
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_map_arrays(convert, v) for v in tree)
+        return type(tree)(_map_arrays(convert, v, plain_dicts) for v in tree)
     return tree
 
 
@@ -57,7 +66,7 @@ def _tensor_to_numpy(t) -> np.ndarray:
 
 
 def _array_to_numpy(x: Any) -> np.ndarray:
-    if _is_torch_tensor(x):
+    if is_torch_tensor(x):
         return _tensor_to_numpy(x)
     return np.asarray(x)
 
@@ -75,6 +84,11 @@ def to_jax(tree: Any) -> Any:
     """Every array in ``tree`` as a JAX array (JAX arrays are returned as they are;
     a torch tensor is copied, so the two no longer share memory).
 
+    Every mapping comes back a plain ``dict`` in the same order: torch's
+    ``model.state_dict()`` is an ``OrderedDict``, a different pytree node type
+    from ``dict``, which ``optax.partition``'s dict labels and ``jax.tree.map``
+    with a dict tree would not match.
+
     An iterator (``model.parameters()``, ``model.named_parameters()``) becomes a
     list, so a torch model's params convert in torch's order::
 
@@ -89,7 +103,7 @@ def to_jax(tree: Any) -> Any:
 
     if isinstance(tree, Iterator):
         tree = list(tree)
-    return _map_arrays(convert, tree)
+    return _map_arrays(convert, tree, plain_dicts=True)
 
 
 def to_torch(tree: Any) -> Any:
@@ -107,19 +121,150 @@ def to_torch(tree: Any) -> Any:
     return _map_arrays(convert, tree)
 
 
-def to_torch_state_dict(state_dict: dict) -> dict:
+def to_torch_state_dict(state_dict: dict, order: Any = None) -> dict:
     """A facade ``state_dict()`` as ``torch.optim``'s ``load_state_dict`` takes it.
 
     The format is already torch's (integer ids, torch's state names, ``step`` as a
-    float32 scalar); this converts the arrays to tensors.
+    float32 scalar); this converts the arrays to tensors. torch loads by position:
+    the facade's ids follow the order its params were given, so where that may not
+    be torch's (a dict returned by a jax function has sorted keys), give
+    ``order`` and the ids are renumbered by name (see :func:`torch_state_dict`).
     """
+    if order is not None:
+        state_dict = renumbered(state_dict, order)
     return to_torch(state_dict)
 
 
-def from_torch_state_dict(state_dict: dict) -> dict:
-    """A ``torch.optim`` state dict with JAX arrays, as the facade's ``state_dict()``
-    returns it (``load_state_dict`` also takes the torch one directly)."""
-    return to_jax(state_dict)
+def load_into_torch(torch_optimizer: Any, state_dict: dict) -> None:
+    """Load a state dict of this library into a torch optimizer by parameter name.
+
+    torch's own ``load_state_dict`` matches params by position only, so state can
+    land on the wrong param of the same shape without an error. This renumbers
+    ``state_dict`` (a facade's ``state_dict()`` or :func:`torch_state_dict`'s,
+    both carry ``param_names``) to the torch optimizer's own ``param_names``,
+    group by group, then loads it.
+
+    Args:
+      torch_optimizer: built from named params
+        (``torch.optim.AdamW(model.named_parameters())``, or groups with
+        ``param_names``), so that its params have names to match.
+      state_dict: torch's format with ``param_names`` in every group.
+
+    Raises:
+      ValueError: the torch optimizer or the dict has no names, or a group's names
+        differ (naming the missing and extra params).
+
+    Example:
+      >>> torch_opt = torch.optim.AdamW(model.named_parameters(), lr=3e-4)
+      >>> fo.interop.load_into_torch(torch_opt, opt.state_dict())
+    """
+    torch_optimizer.load_state_dict(to_torch(renumbered(state_dict, torch_optimizer)))
+
+
+# --- torch's parameter order, given by name -------------------------------------------
+
+_HOW_TO_ORDER = (
+    "give torch's parameter order by name: order=model (a torch.nn.Module), "
+    "order=torch_optimizer (built from model.named_parameters()), or "
+    "order=[n for n, _ in model.named_parameters()]"
+)
+
+
+def _names_of_order(order: Any) -> tuple[list[str], list[list[str]] | None]:
+    """``order`` as the names of torch's params in id order, and (for an
+    optimizer) the names of each of its groups."""
+    if hasattr(order, "named_parameters"):  # a torch.nn.Module
+        return [n for n, _ in order.named_parameters()], None
+    if hasattr(order, "param_groups"):  # a torch optimizer (or a facade)
+        groups = order.param_groups
+        unnamed = [g for g, group in enumerate(groups) if "param_names" not in group]
+        if unnamed:
+            raise ValueError(
+                f"the optimizer's param groups {unnamed} have no param_names: build "
+                "it from model.named_parameters() (or groups with named params) so "
+                "that its params can be matched by name"
+            )
+        names = [list(group["param_names"]) for group in groups]
+        return [n for group in names for n in group], names
+    if isinstance(order, (str, bytes)) or not all(isinstance(n, str) for n in order):
+        raise TypeError(
+            "order must be a torch.nn.Module, a torch optimizer or a list of "
+            f"parameter names, got {order!r}"
+        )
+    return list(order), None
+
+
+def _stored(states: dict, pid: Any) -> Any:
+    """The state of torch id ``pid`` (ids are ints, or strings after a JSON
+    round trip); None where it has none."""
+    return states.get(pid, states.get(str(pid)))
+
+
+def renumbered(state_dict: dict, order: Any) -> dict:
+    """``state_dict`` (torch's format, ``param_names`` in every group) with torch's
+    ids renumbered so that id ``i`` is the param torch's ``order`` puts ``i``-th.
+
+    ``order`` (see :func:`torch_state_dict`) is a module, an optimizer or a list of
+    names. An optimizer gives each group's order exactly; a module or a list orders
+    the params within each group as it lists them. Groups keep their options and
+    their members; only the numbering changes.
+    """
+    groups = state_dict["param_groups"]
+    unnamed = [g for g, group in enumerate(groups) if "param_names" not in group]
+    if unnamed:
+        raise ValueError(
+            f"the state dict's param groups {unnamed} have no param_names, so its "
+            "params cannot be matched to torch's by name"
+        )
+    names, group_names = _names_of_order(order)
+    ours = [list(group["param_names"]) for group in groups]
+    if group_names is not None:
+        if len(group_names) != len(ours):
+            raise ValueError(
+                f"the state dict has {len(ours)} param groups, the torch optimizer "
+                f"{len(group_names)}"
+            )
+    else:
+        rank = {name: i for i, name in enumerate(names)}
+        group_names = [
+            sorted(group, key=lambda n: rank.get(n, len(rank))) for group in ours
+        ]
+    for g, (mine, theirs) in enumerate(zip(ours, group_names, strict=True)):
+        missing = [n for n in theirs if n not in mine]
+        extra = [n for n in mine if n not in theirs]
+        if missing or extra:
+            raise ValueError(
+                f"param group {g}: torch's order names {theirs}; missing from the "
+                f"state dict: {missing}, in it but not in torch's: {extra}"
+            )
+    old_id = {
+        name: pid
+        for group in groups
+        for name, pid in zip(group["param_names"], group["params"], strict=True)
+    }
+    state: dict = {}
+    new_groups = []
+    next_id = 0
+    for group, names_in_order in zip(groups, group_names, strict=True):
+        ids = list(range(next_id, next_id + len(names_in_order)))
+        next_id += len(names_in_order)
+        new_groups.append({**group, "params": ids, "param_names": names_in_order})
+        for pid, name in zip(ids, names_in_order, strict=True):
+            entry = _stored(state_dict["state"], old_id[name])
+            if entry is not None:
+                state[pid] = entry
+    return {**state_dict, "state": state, "param_groups": new_groups}
+
+
+def _order_is_ambiguous(params: Any) -> bool:
+    """Some dict of ``params`` has two or more keys holding leaves: its order may
+    not be torch's (jax functions return dicts with sorted keys)."""
+    keys_of: dict[tuple, set] = {}
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        for depth, key in enumerate(path):
+            if isinstance(key, jax.tree_util.DictKey):
+                keys_of.setdefault(path[:depth], set()).add(key.key)
+    return any(len(keys) > 1 for keys in keys_of.values())
 
 
 # --- functional states <-> torch's optimizer state dict ------------------------------
@@ -155,42 +300,56 @@ def _torch_option(value: Any) -> Any:
     return value
 
 
-def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
+def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dict:
     """A functional state in the format of torch's ``Optimizer.state_dict()``.
 
-    One param group holding every leaf: torch's id ``i`` is the ``i``-th leaf in
-    the order the params were given (dicts in insertion order, as
-    ``model.named_parameters()``), ``param_names`` their key paths joined by
-    ``.`` (``{"fc1": {"weight": w}}`` -> ``fc1.weight``), the group's options
-    ``tx``'s (a schedule at its value for the next step). Each leaf's state holds
-    torch's entries: ``step`` from ``state.count`` (a float32 tensor where torch
-    keeps one), the scalar entries kept once, its slice of each array entry. Before
-    the first step the state is empty, as torch's (Adagrad's, created by its
+    One param group holding every leaf, ``param_names`` the leaves' key paths
+    joined by ``.`` (``{"fc1": {"weight": w}}`` -> ``fc1.weight``), the group's
+    options ``tx``'s (a schedule at its value for the next step). Each leaf's state
+    holds torch's entries: ``step`` from ``state.count`` (a float32 tensor where
+    torch keeps one), the scalar entries kept once, its slice of each array entry.
+    Before the first step the state is empty, as torch's (Adagrad's, created by its
     constructor, excepted).
 
-    torch's ``load_state_dict`` matches params by position, not by name: give the
-    params in the torch model's order (a dict built from
-    ``model.named_parameters()``; ``jax.tree.map`` returns dicts in sorted key
-    order). Only their names, structure and order are read.
+    torch's ``load_state_dict`` matches params by position, not by name, so torch's
+    id ``i`` must be the param torch numbers ``i``: the ids follow ``order``, given
+    by name. Without ``order`` the params' own order is used where it is certain
+    (lists and tuples); a dict's order is not (``jax.tree.map`` and a jitted step
+    return dicts with sorted keys), so params with a dict of two or more entries
+    need ``order``: a wrong order would load each state onto another param of
+    the same shape without an error. :func:`load_into_torch` loads by name.
 
     Args:
       tx: the transform of this library that made ``state`` (``fo.adam(...)``).
       state: its state (``fo.AdamState``, ...).
-      params: the params the state belongs to, in torch's order.
+      params: the params the state belongs to (only their names, structure and
+        order are read).
+      order: torch's parameter order by name: the torch ``nn.Module`` (its
+        ``named_parameters()`` order), the torch optimizer (built from named
+        params), or a list of names.
 
     Returns:
       A dict that ``torch.optim.<Algorithm>.load_state_dict`` loads, with torch
       tensors.
 
+    Raises:
+      ValueError: ``order`` is needed and not given, or names params that are not
+        the leaves of ``params``.
+
     Example:
-      >>> sd = fo.interop.torch_state_dict(tx, state, params)
+      >>> sd = fo.interop.torch_state_dict(tx, state, params, order=model)
       >>> torch_opt = torch.optim.Adam(model.named_parameters(), lr=1e-3)
       >>> torch_opt.load_state_dict(sd)
     """
     from .runner import array_names, evaluate_schedules
 
     algorithm, options = _algorithm_of(tx)
-    names, order = _named_params(params)
+    if order is None and _order_is_ambiguous(params):
+        raise ValueError(
+            "torch loads optimizer state by position, and the order of the params' "
+            f"dicts may not be torch's; {_HOW_TO_ORDER}"
+        )
+    names, given = _named_params(params)
     treedef: Any = jax.tree.structure(params)
     count = int(state.count)
     columns = {
@@ -201,7 +360,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
     }
     created = count > 0 or algorithm.state_at_construction
     leaf_states = {}
-    for torch_id, leaf in enumerate(order):
+    for torch_id, leaf in enumerate(given):
         if not created:
             break
         entries: dict[str, Any] = {}
@@ -219,24 +378,30 @@ def torch_state_dict(tx: Any, state: Any, params: Any) -> dict:
         leaf_states[torch_id] = to_torch(entries)
     values = evaluate_schedules(options, state.count)
     group = {k: _torch_option(values[k]) for k in algorithm.defaults}
-    group["params"] = list(range(len(order)))
-    group["param_names"] = [names[leaf] for leaf in order]
-    return {"state": leaf_states, "param_groups": [group]}
+    group["params"] = list(range(len(given)))
+    group["param_names"] = [names[leaf] for leaf in given]
+    state_dict = {"state": leaf_states, "param_groups": [group]}
+    return state_dict if order is None else renumbered(state_dict, order)
 
 
-def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
+def load_torch_state(
+    tx: Any, torch_state_dict: dict, params: Any, order: Any = None
+) -> Any:
     """The functional state of ``tx`` for ``params`` from a torch optimizer's
     ``state_dict()``.
 
-    Every group's params are matched to the leaves of ``params`` by name where the
-    groups carry ``param_names`` (torch's optimizers built from
-    ``model.named_parameters()``; names are key paths joined by ``.``), else by
-    order: torch's ids in their groups' order are the leaves in the order the params
-    were given (dicts in insertion order). Each entry is checked (torch's names of
-    this algorithm, the leaf's shape, a real or complex dtype as the leaf's) and
-    cast to the dtype ``tx.init`` gives it. The functional state has one count, so
-    every param must have taken the same number of steps, and the scalar entries
-    (ASGD's ``eta``, NAdam's ``mu_product``) must agree. The options are
+    Every group's params are matched to the leaves of ``params`` by name: torch's
+    ``param_names`` where the groups carry them (torch's optimizers built from
+    ``model.named_parameters()``; names are key paths joined by ``.``), else the
+    names ``order`` gives torch's ids in id order (``order=model`` for an
+    optimizer built from ``model.parameters()``). Without either, torch's ids are
+    the leaves in the params' order only where it is certain (lists and tuples,
+    no dict of two or more entries); otherwise it is an error. Each entry is
+    checked (torch's names of this algorithm, the leaf's shape, a real or complex
+    dtype as the leaf's) and cast to the dtype ``tx.init`` gives it. The
+    functional state has one count, so every param must have taken the same
+    number of steps, and the scalar entries (ASGD's ``eta``, NAdam's
+    ``mu_product``) must agree. The options are
     ``tx``'s; the group's options in the dict are not read.
 
     Args:
@@ -244,6 +409,8 @@ def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
       torch_state_dict: ``torch_optimizer.state_dict()`` (torch tensors, or
         NumPy/JAX arrays).
       params: the params, as ``tx.update`` will get them.
+      order: for a dict without ``param_names``, the names of torch's params in
+        id order: the torch ``nn.Module`` or a list of names.
 
     Returns:
       The state (``fo.AdamState``, ...), as ``tx.init(params)`` shapes it.
@@ -258,7 +425,7 @@ def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
       >>> state = fo.interop.load_torch_state(fo.adam(1e-3), opt.state_dict(), params)
     """
     algorithm, _ = _algorithm_of(tx)
-    names, order = _named_params(params)
+    names, given = _named_params(params)
     treedef: Any = jax.tree.structure(params)
     template = jax.eval_shape(tx.init, params)
     groups = torch_state_dict["param_groups"]
@@ -274,13 +441,28 @@ def load_torch_state(tx: Any, torch_state_dict: dict, params: Any) -> Any:
                 f"from it: {missing}, params in it but not in params: {extra}"
             )
         id_of = dict(zip(torch_names, torch_ids, strict=True))
-    elif len(torch_ids) != len(order):
+    elif order is None and _order_is_ambiguous(params):
         raise ValueError(
-            f"torch's state dict has {len(torch_ids)} params and no param_names, "
-            f"params has {len(order)} leaves ({[names[i] for i in order]})"
+            "torch's state dict has no param_names, so its params are known only by "
+            "position, and the order of the params' dicts may not be torch's: give "
+            "the names of torch's params in id order, order=model (the torch "
+            "nn.Module) or order=[n for n, _ in model.named_parameters()]"
         )
     else:
-        id_of = {names[leaf]: pid for leaf, pid in zip(order, torch_ids, strict=True)}
+        in_id_order = (
+            [names[leaf] for leaf in given]
+            if order is None
+            else _names_of_order(order)[0]
+        )
+        if len(torch_ids) != len(in_id_order):
+            raise ValueError(
+                f"torch's state dict has {len(torch_ids)} params and no "
+                f"param_names, params has {len(in_id_order)} leaves ({in_id_order})"
+            )
+        id_of = dict(zip(in_id_order, torch_ids, strict=True))
+        unknown = [n for n in in_id_order if n not in names]
+        if unknown:
+            raise ValueError(f"order names {unknown}, which params does not have")
 
     per_leaf: list[dict] = []
     for name in names:

@@ -211,6 +211,43 @@ def test_clip_grad_value_matches_torch():
     np.testing.assert_array_equal(clipped[0], to_numpy(t.grad))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, 0.0, math.inf, -math.inf])
+def test_clip_grad_norm_injectable_under_jit(norm_type):
+    """optax.inject_hyperparams makes max_norm and norm_type traced scalars: each
+    order gives the result of the Python-float order, bit for bit."""
+    grads = {"a": jnp.array([3.0, -4.0, 0.0]), "b": jnp.array([[1.5, -0.5]])}
+    tx = optax.inject_hyperparams(fo.clip_grad_norm)(0.7, norm_type)
+    clipped, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    expected, _ = fo.clip_grad_norm(0.7, norm_type).update(grads, ())
+    chex.assert_trees_all_equal(clipped, expected)
+
+
+def test_clip_grad_norm_underscore_matches_torch_on_a_facade_and_a_tree():
+    """torch.nn.utils.clip_grad_norm_ clips each .grad in place and returns the
+    total norm: fo.clip_grad_norm_ clips the facade's stored grads (None leaves
+    skipped, as torch skips a None .grad) and returns the same norm."""
+    rng = np.random.default_rng(4)
+    values = {"w": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)}
+    grads = {"w": rng.standard_normal((3, 2)) * 3, "b": None}
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in values.items()}
+    tensors["w"].grad = torch.tensor(grads["w"])
+    torch_norm = torch.nn.utils.clip_grad_norm_(tensors.values(), 0.5, norm_type=3.0)
+    opt = fo.SGD({k: jnp.asarray(v) for k, v in values.items()}, lr=0.1)
+    opt.grads = {"w": jnp.asarray(grads["w"]), "b": None}
+    norm = fo.clip_grad_norm_(opt, 0.5, norm_type=3.0)
+    np.testing.assert_allclose(norm, torch_norm.item(), rtol=1e-15)
+    np.testing.assert_allclose(opt.grads["w"], to_numpy(tensors["w"].grad), rtol=1e-15)
+    assert opt.grads["b"] is None
+    clipped, tree_norm = fo.clip_grad_norm_({"w": jnp.asarray(grads["w"])}, 0.5, 3.0)
+    np.testing.assert_array_equal(clipped["w"], opt.grads["w"])
+    np.testing.assert_array_equal(tree_norm, norm)
+    tensors["w"].grad = torch.tensor(grads["w"])
+    torch.nn.utils.clip_grad_value_(tensors.values(), 0.25)
+    opt.grads = {"w": jnp.asarray(grads["w"]), "b": None}
+    assert fo.clip_grad_value_(opt, 0.25) is None
+    np.testing.assert_array_equal(opt.grads["w"], to_numpy(tensors["w"].grad))
+
+
 def test_chain_clip_then_adam_equals_torch():
     rng = np.random.default_rng(3)
     p0, grads = rng.standard_normal(5), [rng.standard_normal(5) * 4 for _ in range(3)]

@@ -14,6 +14,7 @@ import copy
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from reference import assert_same_error
@@ -246,6 +247,23 @@ def test_torch_tensors_as_params_name_to_jax():
     pairs = fo.interop.to_jax(model.named_parameters())
     assert [n for n, _ in pairs] == ["weight", "bias"]
     np.testing.assert_array_equal(np.asarray(pairs[0][1]), model.weight.detach())
+
+
+def test_to_jax_gives_plain_dicts_that_optax_partition_labels():
+    """torch's model.state_dict() is an OrderedDict, another pytree node than the
+    dict labels optax.partition matches against: to_jax returns plain dicts."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    params = fo.interop.to_jax(model.state_dict())
+    assert type(params) is dict and list(params) == list(model.state_dict())
+    labels = {
+        name: "decay" if p.ndim >= 2 else "no_decay" for name, p in params.items()
+    }
+    tx = optax.partition(
+        {"decay": fo.adamw(0.1, weight_decay=0.1), "no_decay": fo.adamw(0.1)}, labels
+    )
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert set(updates) == set(params)  # (jax.tree returns dicts key-sorted)
 
 
 @pytest.mark.parametrize(

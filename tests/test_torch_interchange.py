@@ -4,6 +4,7 @@ run: for every algorithm that keeps per-param state."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -90,7 +91,9 @@ def test_torch_state_loads_and_continues_as_torch(name, named):
     _torch_steps(name, model, optimizer, range(STEPS_BEFORE))
     params = fo.interop.to_jax(dict(model.named_parameters()))
     tx = _transform(name)
-    state = fo.interop.load_torch_state(tx, optimizer.state_dict(), params)
+    # without param_names, torch's ids are named by the model's order
+    order = None if named else model
+    state = fo.interop.load_torch_state(tx, optimizer.state_dict(), params, order)
     assert int(state.count) == (STEPS_BEFORE if name not in ("SGD", "Muon") else 1)
     params, _ = _fo_steps(name, tx, params, state, names, [STEPS_BEFORE])
     _torch_steps(name, model, optimizer, [STEPS_BEFORE])
@@ -108,10 +111,10 @@ def test_functional_state_loads_into_torch_and_continues(name):
     params, state = _fo_steps(
         name, tx, params, tx.init(params), names, range(STEPS_BEFORE)
     )
-    # torch loads by position: the params in torch's order (jax.tree.map returns
-    # dicts in sorted key order; the names map the state's leaves to them)
-    in_torch_order = {n: params[n] for n in names}
-    sd = fo.interop.torch_state_dict(tx, state, in_torch_order)
+    # torch loads by position: its ids follow torch's order, given by name (the
+    # params came back from apply_updates with sorted keys)
+    assert list(params) != names
+    sd = fo.interop.torch_state_dict(tx, state, params, order=model)
     assert sd["param_groups"][0]["param_names"] == names
     with torch.no_grad():
         for key, p in model.named_parameters():
@@ -167,7 +170,11 @@ def test_every_group_is_read_by_name_or_by_order():
         "bias": params["bias"],
         "alpha": params["alpha"],
     }
-    state = fo.interop.load_torch_state(fo.adam(), unnamed, reordered)
+    with pytest.raises(ValueError, match="no param_names.*order=model"):
+        fo.interop.load_torch_state(fo.adam(), unnamed, reordered)
+    state = fo.interop.load_torch_state(
+        fo.adam(), unnamed, reordered, order=["zeta", "bias", "alpha"]
+    )
     for pid, name in by_id.items():
         np.testing.assert_array_equal(
             state.exp_avg[name], sd["state"][pid]["exp_avg"].numpy()
@@ -194,8 +201,45 @@ def test_errors_name_the_missing_extra_or_mis_shaped_entry():
         fo.interop.load_torch_state(tx, sd, params)
     with pytest.raises(ValueError, match="3 params and no param_names, params has 2"):
         unnamed = torch.optim.Adam(model.parameters()).state_dict()
-        fo.interop.load_torch_state(
-            tx, unnamed, {"a": params["zeta"], "b": params["bias"]}
-        )
+        fo.interop.load_torch_state(tx, unnamed, [params["zeta"], params["bias"]])
     with pytest.raises(TypeError, match="first-order algorithms"):
         fo.interop.torch_state_dict(fo.lbfgs(), {}, params)
+
+
+def test_state_goes_to_torch_by_name_after_a_jitted_step():
+    """Equal-shaped params whose insertion order is not sorted: a jitted step
+    returns them sorted, and torch loads by position. The ids follow torch's order
+    by name (or it is an error saying how to give it), and load_into_torch matches
+    names, so each param gets its own state."""
+    model = torch.nn.ModuleDict(
+        {"second": torch.nn.Linear(3, 3), "first": torch.nn.Linear(3, 3)}
+    ).double()
+    names = [n for n, _ in model.named_parameters()]
+    params = fo.interop.to_jax(dict(model.named_parameters()))
+    tx = fo.adam(0.1)
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+    grads = {
+        n: jnp.full(p.shape, float(i + 1)) for i, (n, p) in enumerate(params.items())
+    }
+    updates, state = step(params, tx.init(params), grads)
+    params = fo.apply_updates(params, updates)
+    assert list(params) != names  # sorted: first.*, second.*
+    with pytest.raises(ValueError, match="order=model"):
+        fo.interop.torch_state_dict(tx, state, params)
+    by_model = fo.interop.torch_state_dict(tx, state, params, order=model)
+    torch_opt = torch.optim.Adam(model.named_parameters(), lr=0.1)
+    torch_opt.load_state_dict(by_model)
+    # a state dict in another order goes in by name too
+    sorted_order = fo.interop.torch_state_dict(tx, state, params, order=sorted(names))
+    by_name = torch.optim.Adam(model.named_parameters(), lr=0.1)
+    fo.interop.load_into_torch(by_name, sorted_order)
+    for loaded in (torch_opt, by_name):
+        for p, (name, _) in zip(
+            loaded.param_groups[0]["params"], model.named_parameters()
+        ):
+            np.testing.assert_array_equal(
+                loaded.state[p]["exp_avg"].numpy(), np.asarray(state.exp_avg[name])
+            )
+    unnamed = torch.optim.Adam(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no param_names: build it from"):
+        fo.interop.load_into_torch(unnamed, sorted_order)
