@@ -43,6 +43,7 @@ LAYERS = [
         "functorch_optim.core",
         "functorch_optim.checks",
         "functorch_optim.names",
+        "functorch_optim.grouping",
         "functorch_optim.sharding",
         "functorch_optim.clipping",
         "functorch_optim.nonfinite",
