@@ -85,8 +85,8 @@ def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]
         takers.append(_takes(selector, g))
     assignment = []
     for name, leaf in zip(names, leaves, strict=True):
-        g = next((g for g, takes in enumerate(takers) if takes(name, leaf)), None)
-        if g is None:
+        taker = next((i for i, takes in enumerate(takers) if takes(name, leaf)), None)
+        if taker is None:
             untaken = [
                 n
                 for n, x in zip(names, leaves, strict=True)
@@ -96,5 +96,5 @@ def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]
                 f"no param group takes the params {untaken}: add them to a group "
                 "(a last group {'params': lambda name, leaf: True} takes the rest)"
             )
-        assignment.append(g)
+        assignment.append(taker)
     return assignment

@@ -30,6 +30,19 @@ STEPS = 5
 RTOL, ATOL = 1e-12, 1e-14
 
 
+@pytest.fixture
+def torch_default_float64():
+    """torch with float64 as its default dtype, as JAX's default float dtype is here
+    (x64 is on): the averaging functions compute in it where torch computes in its
+    default dtype (the SWA weight, integer leaves)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
     np.testing.assert_allclose(
         np.asarray(fo.interop.to_numpy(actual)),
@@ -115,6 +128,7 @@ AVERAGING = {
 }
 
 
+@pytest.mark.usefixtures("torch_default_float64")
 @pytest.mark.parametrize("name", AVERAGING)
 def test_averaged_model_matches_torch_every_step(name):
     torch_kwargs, our_kwargs = AVERAGING[name]
@@ -190,6 +204,7 @@ def test_first_update_copies_and_models_are_independent():
     assert int(avg.n_averaged) == 2
 
 
+@pytest.mark.usefixtures("torch_default_float64")
 def test_buffers_of_a_pytree_with_an_integer_leaf_are_averaged_as_torch():
     """A BatchNorm model's full state dict as a pytree: every leaf is averaged,
     as torch's use_buffers=True averages num_batches_tracked (int64) too."""
@@ -212,6 +227,39 @@ def test_buffers_of_a_pytree_with_an_integer_leaf_are_averaged_as_torch():
             }
             assert_state_dicts_close(ours.state_dict(), expected)
         assert ours.module["1.num_batches_tracked"].dtype == jnp.int64
+
+
+@pytest.mark.usefixtures("torch_default_float64")
+def test_swa_multi_avg_fn_weight_is_in_the_default_dtype():
+    """torch's weight ``1 / (n + 1)`` is a tensor in its default dtype: float64
+    here, not float32 (whose 1 / 3 is 3e-8 off)."""
+    rng = np.random.default_rng(5)
+    model = torch_mlp()
+    ours = S.AveragedModel(
+        set_random_state(model, rng), multi_avg_fn=S.get_swa_multi_avg_fn()
+    )
+    theirs = T.AveragedModel(model, multi_avg_fn=T.get_swa_multi_avg_fn())
+    for _ in range(STEPS):
+        params = set_random_state(model, rng)
+        theirs.update_parameters(model)
+        ours.update_parameters(params)
+        for name, tensor in theirs.module.named_parameters():
+            assert_close(ours.module[name], tensor.detach(), rtol=1e-15, atol=0)
+
+
+@pytest.mark.usefixtures("torch_default_float64")
+def test_integer_leaves_average_in_the_default_dtype():
+    """torch's arithmetic of an integer leaf with a float is in its default dtype:
+    float64 here, where float32 rounds 16777235 / 2 up to an integer and 1.1 off."""
+    cases = [
+        (T.get_swa_avg_fn(), S.get_swa_avg_fn(), 0, 16777235, 1),
+        (T.get_ema_avg_fn(0.9), S.get_ema_avg_fn(0.9), 1, 2, 1),
+    ]
+    for theirs, ours, averaged, current, n in cases:
+        expected = theirs(torch.tensor(averaged), torch.tensor(current), n)
+        actual = ours(jnp.asarray(averaged), jnp.asarray(current), jnp.asarray(n))
+        assert expected.dtype == torch.float64 and actual.dtype == jnp.float64
+        assert float(actual) == expected.item()
 
 
 def test_swa_multi_avg_fn_on_integers_raises_torchs_error():

@@ -64,6 +64,13 @@ def _mean_square(grad, axis: int):
     return norm * norm / grad.shape[axis]
 
 
+def _python_max(first, second):
+    """Python's ``max(first, second)``, which torch takes of ``.item()`` values:
+    ``second`` only where it is greater, so a NaN ``second`` gives ``first``
+    (``jnp.maximum`` would propagate it)."""
+    return jnp.where(second > first, second, first)
+
+
 def _scalars(step, scalar_state, o: Options):
     # Scalars in Python double, as torch computes them from .item() values.
     step_float = step.astype(scalar_dtype())
@@ -86,7 +93,9 @@ def _step(param, grad, state, o: Options):
         eps1 = float(jnp.finfo(dtype).eps)
     lr = o.lr
     one_minus_beta2_t = o.one_minus_beta2_t
-    alpha = jnp.maximum(eps2, _norm(param) / param.size**0.5) * o.rho_t
+    # One NaN entry makes the norm NaN and alpha eps2 * rho_t: the other entries
+    # still step, as in torch
+    alpha = _python_max(eps2, _norm(param) / param.size**0.5) * o.rho_t
 
     if nonzero(o.weight_decay):
         param = mul(param, 1 - lr * o.weight_decay)
@@ -105,7 +114,7 @@ def _step(param, grad, state, o: Options):
     # torch's rsqrt_: 1 / sqrt in the compute dtype, one rounding.
     clamped = jnp.maximum(var_estimate, eps1 * eps1).astype(opmath)
     update = (1 / jnp.sqrt(clamped)).astype(dtype) * grad
-    denom = jnp.maximum(1.0, _norm(update) / (update.size**0.5 * o.d))
+    denom = _python_max(1.0, _norm(update) / (update.size**0.5 * o.d))
     new_param = add_step(param, update, -alpha / denom)
     return new_param, {
         "row_var": row_var,
@@ -159,8 +168,11 @@ def adafactor(
             - \frac{\alpha_t}{\max(1, \mathrm{RMS}(U_t) / d)} U_t
 
     (:math:`\hat\beta_{2,t}` here is written as torch writes it: the weight of the
-    new term is :math:`t^{\tau}`.) Complex parameters raise torch's RuntimeError,
-    and so do size-0 parameters (torch divides by their zero element count).
+    new term is :math:`t^{\tau}`.) The two maxima of an RMS are Python's ``max``, as
+    torch takes them of ``.item()`` values: a NaN RMS (from a NaN entry) gives
+    :math:`\epsilon_2` and 1, an inf RMS gives inf. Complex parameters raise torch's
+    RuntimeError, and so do size-0 parameters (torch divides by their zero element
+    count).
 
     Args:
       lr: learning rate :math:`\gamma`, an upper bound of the relative step.

@@ -39,16 +39,22 @@ def _is_inexact(x: Array) -> bool:
     return bool(jnp.issubdtype(x.dtype, jnp.inexact))
 
 
+def _default_float():
+    """torch's default dtype as JAX's default float dtype: float64 with x64 on (as
+    torch's after ``torch.set_default_dtype(torch.float64)``), float32 otherwise."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def _as_torch_default_float(x: Array) -> Array:
     """An integer leaf as torch computes with it in float arithmetic: in its
-    default dtype, float32 (the cast back to the leaf then truncates)."""
-    return x.astype(jnp.float32)
+    default dtype (the cast back to the leaf then truncates)."""
+    return x.astype(_default_float())
 
 
 def _integer_ema(averaged: Array, current: Array, decay: float) -> Array:
     """torch's ``averaged * decay + current * (1 - decay)`` for an integer leaf, in
-    float32. Under jit XLA fuses the two products and the sum into one fma, so the
-    truncation back to an integer can differ from torch's by one."""
+    torch's default dtype. Under jit XLA fuses the two products and the sum into one
+    fma, so the truncation back to an integer can differ from torch's by one."""
     return _as_torch_default_float(averaged) * decay + _as_torch_default_float(
         current
     ) * (1 - decay)
@@ -108,10 +114,12 @@ def get_swa_multi_avg_fn() -> MultiAvgFn:
         W^{SWA}_{n+1} = W^{SWA}_n + \frac{W^{model} - W^{SWA}_n}{n + 1}
 
     computed as torch's ``_foreach_lerp_(swa, model, 1 / (n + 1))``, whose weight
-    ``1 / (n + 1)`` torch rounds to float32 (the reciprocal of its integer count
-    tensor); so in float64 this agrees with :func:`get_swa_avg_fn` to float32's
-    precision only, as torch's does. Integer and boolean leaves raise torch's
-    ``RuntimeError``.
+    ``1 / (n + 1)`` torch rounds to its default dtype (the reciprocal of its integer
+    count tensor). Here that is JAX's default float dtype: float64 with x64 on, as
+    torch's after ``torch.set_default_dtype(torch.float64)`` (with its default
+    float32, torch rounds the weight of a float64 average to float32, which then
+    agrees with :func:`get_swa_avg_fn` to float32's precision only); float32
+    otherwise. Integer and boolean leaves raise torch's ``RuntimeError``.
 
     Returns:
       ``multi_avg_fn(averaged, current, num_averaged) -> list``.
@@ -125,7 +133,7 @@ def get_swa_multi_avg_fn() -> MultiAvgFn:
         if averaged and not _is_inexact(averaged[0]):
             _difference(current[0], averaged[0])
             raise RuntimeError(_INTEGER_ADDCDIV_ERROR)
-        weight = jnp.float32(1) / (jnp.asarray(num_averaged) + 1).astype(jnp.float32)
+        weight = 1 / _as_torch_default_float(jnp.asarray(num_averaged) + 1)
         return [lerp_kernel(a, c, weight) for a, c in zip(averaged, current)]
 
     return swa_update
@@ -163,7 +171,9 @@ def get_ema_avg_fn(decay: float = 0.999) -> AvgFn:
 def get_swa_avg_fn() -> AvgFn:
     r"""torch's equally weighted (SWA) average of one leaf,
     :math:`W^{SWA}_{n+1} = W^{SWA}_n + (W^{model} - W^{SWA}_n) / (n + 1)`, computed
-    as written (the division by the integer count is exact in the leaf's dtype).
+    as written (the division by the integer count is exact in the leaf's dtype;
+    an integer leaf computes in torch's default dtype, as in
+    :func:`get_swa_multi_avg_fn`).
     This is also what :class:`AveragedModel` does without an averaging function,
     as torch does on the CPU (on CUDA torch takes :func:`get_swa_multi_avg_fn`'s
     path).
@@ -179,8 +189,8 @@ def get_swa_avg_fn() -> AvgFn:
         difference = _difference(current, averaged)
         if _is_inexact(averaged):
             return averaged + difference / (num_averaged + 1)
-        # In float32, as torch (XLA multiplies by the reciprocal of the count, so a
-        # truncated result can differ from torch's by one).
+        # In torch's default dtype, as torch (XLA multiplies by the reciprocal of
+        # the count, so a truncated result can differ from torch's by one).
         count = _as_torch_default_float(jnp.asarray(num_averaged) + 1)
         return _as_torch_default_float(averaged) + (
             _as_torch_default_float(difference) / count
