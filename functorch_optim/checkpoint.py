@@ -65,7 +65,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "restore", "save", "save_torch"]
+__all__ = ["CheckpointError", "model_state_dict", "restore", "save", "save_torch"]
 
 _MAGIC = b"FUNCTORCH_OPTIM\x00"
 # Version 2 names a state class by its registry name (version 1: by its module and
@@ -1086,32 +1086,21 @@ def _restore_directory(path: str) -> Any:
         raise CheckpointError(f"{path} could not be decoded: {e}") from None
 
 
-def save_torch(path: str | os.PathLike, optimizer: Any, scheduler: Any = None) -> None:
-    """Write a facade run as a file ``torch.load`` reads (``weights_only``), for
-    torch's model, optimizer and scheduler to load and continue.
+def model_state_dict(optimizer: Any) -> dict[str, Any]:
+    """A facade's params as torch's ``model.state_dict()`` holds them:
+    ``{param_name: array}``, in the optimizer's order.
 
-    The file holds ``{"model": {name: tensor}, "optimizer": <torch's
-    Optimizer.state_dict() format>, "scheduler": <its state_dict()>}`` (no
-    ``"scheduler"`` without one): the params under their ``param_names`` (a
-    facade built from a dict or ``(name, array)`` pairs has them, such as the
-    names of ``model.named_parameters()``), every array as a tensor.
-
-    Example::
-
-        >>> fo.checkpoint.save_torch("run.pt", opt, sched)
-        >>> saved = torch.load("run.pt")
-        >>> model.load_state_dict(saved["model"])  # strict=False to keep buffers
-        <All keys matched successfully>
-        >>> torch_opt.load_state_dict(saved["optimizer"])
-        >>> torch_sched.load_state_dict(saved["scheduler"])
+    The names are the groups' ``param_names`` (a facade built from a dict or
+    ``(name, array)`` pairs has them, such as the names of
+    ``model.named_parameters()``).
 
     Raises:
       ValueError: a param group has no ``param_names`` (params given as a list).
+
+    Example:
+      >>> fo.checkpoint.model_state_dict(opt)["w"].shape
+      (3, 2)
     """
-    import torch
-
-    from . import interop
-
     model: dict[str, Any] = {}
     for g, group in enumerate(optimizer.param_groups):
         names = group.get("param_names")
@@ -1121,7 +1110,66 @@ def save_torch(path: str | os.PathLike, optimizer: Any, scheduler: Any = None) -
                 "dict or (name, array) pairs to name the params in torch's file"
             )
         model.update(zip(names, group["params"], strict=True))
-    tree = {"model": model, "optimizer": optimizer.state_dict()}
-    if scheduler is not None:
-        tree["scheduler"] = scheduler.state_dict()
-    torch.save(interop.to_torch(tree), os.fspath(path))
+    return model
+
+
+def _as_torch_objects(value: Any) -> Any:
+    """``value`` with every object that has a ``state_dict()`` (a facade optimizer,
+    a scheduler, an ``AveragedModel``) replaced by it, inside dicts, lists and
+    tuples; arrays become tensors afterwards."""
+    if callable(getattr(value, "state_dict", None)):
+        return value.state_dict()
+    if isinstance(value, dict):
+        return type(value)((k, _as_torch_objects(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_as_torch_objects(v) for v in value)
+    return value
+
+
+def save_torch(path: str | os.PathLike, contents: Any, scheduler: Any = None) -> None:
+    """Write a facade run as a file ``torch.load`` reads (``weights_only``), for
+    torch's model, optimizer and scheduler to load and continue.
+
+    Two forms:
+
+    * ``save_torch(path, {"model": ..., "optimizer": opt, "lr_scheduler": sched,
+      "iter_num": 1000, "config": {...}})``: any dict layout the recipe's torch
+      code reads. Every object with a ``state_dict()`` (a facade optimizer, a
+      scheduler, an ``AveragedModel``) is written as its ``state_dict()``, every
+      array as a tensor, the rest (numbers, strings, dicts of config) as it is.
+      :func:`model_state_dict` gives a facade's params under their torch names.
+    * ``save_torch(path, opt, sched=None)``: the layout ``{"model":
+      model_state_dict(opt), "optimizer": opt.state_dict(), "scheduler":
+      sched.state_dict()}`` (no ``"scheduler"`` without one).
+
+    Example::
+
+        >>> fo.checkpoint.save_torch("ckpt.pt", {
+        ...     "model": fo.checkpoint.model_state_dict(opt), "optimizer": opt,
+        ...     "lr_scheduler": sched, "iter_num": 1000})
+        >>> saved = torch.load("ckpt.pt")
+        >>> model.load_state_dict(saved["model"])  # strict=False to keep buffers
+        <All keys matched successfully>
+        >>> torch_opt.load_state_dict(saved["optimizer"])
+        >>> torch_sched.load_state_dict(saved["lr_scheduler"])
+
+    Raises:
+      ValueError: the second form, with a param group without ``param_names``.
+      TypeError: a scheduler with the dict form (put it in the dict).
+    """
+    import torch
+
+    from . import interop
+
+    if isinstance(contents, dict):
+        if scheduler is not None:
+            raise TypeError(
+                "save_torch(path, {...}) writes the dict as it is: put the "
+                "scheduler in it (e.g. 'lr_scheduler': sched)"
+            )
+        tree = contents
+    else:
+        tree = {"model": model_state_dict(contents), "optimizer": contents}
+        if scheduler is not None:
+            tree["scheduler"] = scheduler
+    torch.save(interop.to_torch(_as_torch_objects(tree)), os.fspath(path))

@@ -456,12 +456,31 @@ def test_a_state_dict_through_plain_orbax_loads(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_torch_file_of_a_facade_run_loads_into_torch(tmp_path):
+@pytest.mark.parametrize("layout", ["fixed", "recipe's own"])
+def test_torch_file_of_a_facade_run_loads_into_torch(tmp_path, layout):
+    """save_torch writes the fixed {'model', 'optimizer', 'scheduler'} layout, or
+    any dict the recipe's torch code reads (nanoGPT's 'iter_num' and 'config')."""
     opt, sched = _two_groups()
     _run(opt, sched, range(3))
     path = tmp_path / "run.pt"
-    fo.checkpoint.save_torch(path, opt, sched)
+    if layout == "fixed":
+        fo.checkpoint.save_torch(path, opt, sched)
+    else:
+        config = {"n_layer": 2, "betas": (0.9, 0.95)}
+        fo.checkpoint.save_torch(
+            path,
+            {
+                "model": fo.checkpoint.model_state_dict(opt),
+                "optimizer": opt,
+                "lr_scheduler": sched,
+                "iter_num": 3,
+                "config": config,
+            },
+        )
     saved = torch.load(path)  # weights_only: plain tensors and Python values
+    if layout != "fixed":
+        assert saved["iter_num"] == 3 and saved["config"] == config
+        saved["scheduler"] = saved.pop("lr_scheduler")
     model = {k: torch.nn.Parameter(v) for k, v in saved["model"].items()}
     torch_opt = torch.optim.Adam(
         [
