@@ -53,6 +53,7 @@ from .optim import (
 )
 from .packing import PackedState, packed
 from .schedules import (
+    Schedule,
     chained_lr,
     constant_lr,
     cosine_annealing_lr,
@@ -66,6 +67,7 @@ from .schedules import (
     multiplicative_lr,
     one_cycle_lr,
     one_cycle_momentum,
+    per_epoch,
     polynomial_lr,
     reduce_on_plateau,
     sequential_lr,
@@ -180,4 +182,6 @@ __all__ = [
     "reduce_on_plateau",
     "sequential_lr",
     "step_lr",
+    "per_epoch",
+    "Schedule",
 ]

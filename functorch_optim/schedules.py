@@ -10,6 +10,13 @@ torch's scheduler has reached when that step runs.
 
     tx = fo.sgd(lr=fo.cosine_annealing_lr(0.1, T_max=100), momentum=0.9)
 
+A schedule is a :class:`Schedule`: a function of the count that also records how
+torch's scheduler of the same name is built, so its position saves as that
+scheduler's ``state_dict()`` (:meth:`Schedule.torch_state_dict`) and resumes from
+one (:meth:`Schedule.count_from_torch`), a jitted loop resuming a torch run or a
+torch run resuming a jitted one. A torch scheduler stepped once per epoch rather
+than once per optimizer step is :func:`per_epoch` of its schedule.
+
 The shapes are computed by :mod:`functorch_optim.schedule_math`, which the stateful
 schedulers of :mod:`functorch_optim.lr_scheduler` use too (Python floats there, jnp
 here), so both APIs share one definition of each.
@@ -21,17 +28,24 @@ it reads the loss through ``update(..., value=loss)`` and scales the updates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import dataclasses
+import math
+import operator
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
+from . import lr_scheduler
 from . import schedule_math as sm
 from .core import scalar_dtype
 from .plateau import reduce_on_plateau
 
 __all__ = [
+    "Schedule",
+    "per_epoch",
     "lambda_lr",
     "multiplicative_lr",
     "step_lr",
@@ -51,14 +65,414 @@ __all__ = [
     "reduce_on_plateau",
 ]
 
-Schedule = Callable[[Any], Any]
+CountFunction = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Schedule:
+    r"""A schedule ``count -> value`` that knows the torch scheduler it reproduces.
+
+    Calling it calls ``fn``, so it serves wherever a function of the count does
+    (a hyperparameter, ``jax.jit``, ``jax.vmap``, ``optax.inject_hyperparams``).
+    The functions of this module return one, recording how torch's scheduler of
+    the same name is built, so that its position moves to and from that
+    scheduler's ``state_dict()``: :meth:`torch_state_dict` writes it,
+    :meth:`count_from_torch` reads it.
+
+    Counts map one to one: the functional optimizer evaluates its schedule at its
+    step count :math:`c` (the steps taken), and torch's scheduler, stepped once
+    after each ``optimizer.step()``, has then taken :math:`c` steps
+    (``last_epoch`` :math:`= c`): both use ``schedule(c)`` for step :math:`c + 1`.
+    A torch scheduler stepped once per epoch maps to :func:`per_epoch`.
+
+    Attributes:
+      fn: the function of the count.
+      torch_class: the name of torch's scheduler class; None where none
+        corresponds (a momentum schedule, or a wrapped plain function).
+      torch_args: that class's constructor arguments, but the optimizer (and a
+        container's schedulers).
+      lr: the optimizer's lr torch's scheduler starts from (its ``initial_lr``).
+      children: the schedules of :func:`sequential_lr` and :func:`chained_lr`.
+      steps_per_epoch: optimizer steps per ``scheduler.step()`` (:func:`per_epoch`).
+
+    Example:
+      >>> lr = fo.step_lr(1e-3, step_size=10)  # torch_sched: StepLR(torch_opt, 10)
+      >>> tx = fo.adam(lr=lr)
+      >>> torch_sched.load_state_dict(lr.torch_state_dict(45))
+      >>> torch_sched.last_epoch, torch_sched.get_last_lr()
+      (45, [1.0000000000000002e-07])
+    """
+
+    fn: CountFunction
+    torch_class: str | None = None
+    torch_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    lr: Any = None
+    children: tuple[CountFunction, ...] = ()
+    steps_per_epoch: int = 1
+
+    def __call__(self, count):
+        return self.fn(count)
+
+    def torch_state_dict(self, count) -> dict[str, Any]:
+        r"""The ``state_dict()`` of this schedule's torch scheduler at ``count``.
+
+        Equal, key for key, to the ``state_dict()`` of the torch scheduler built
+        as the schedule was, on an optimizer with one param group, after
+        :math:`\lfloor c / N \rfloor` calls of ``step()`` (:math:`N` =
+        ``steps_per_epoch``, 1 but for :func:`per_epoch`), nested
+        ``_schedulers`` and torch's bookkeeping (``_step_count``, ``_is_initial``,
+        ...) included, so that ``torch_scheduler.load_state_dict`` continues the
+        run. Torch reaches some lrs by repeated multiplication (its chainable
+        ``step()``); here they are the closed forms, equal to rounding. The lrs
+        torch goes on from are the optimizer's ``param_groups``, which
+        :func:`functorch_optim.interop.torch_state_dict` writes at the schedule's
+        value.
+
+        CyclicLR and OneCycleLR also schedule the momentum, which
+        :func:`cyclic_momentum` / :func:`one_cycle_momentum` are here: the state
+        of :func:`cyclic_lr` / :func:`one_cycle_lr` leaves out the momentum
+        entries (``cycle_momentum``, ``use_beta1``, ``base_momentums``,
+        ``max_momentums``), so a torch scheduler loading it keeps its own.
+
+        Args:
+          count: the optimizer's step count :math:`c`, an int or a concrete
+            integer array (a functional state's ``count``).
+
+        Returns:
+          A dict in the format of torch's scheduler's ``state_dict()``.
+
+        Raises:
+          ValueError: no torch scheduler corresponds, or ``count`` is negative.
+
+        Example:
+          >>> sd = fo.exponential_lr(0.1, gamma=0.5).torch_state_dict(3)
+          >>> sd["last_epoch"], sd["_step_count"], sd["_last_lr"]
+          (3, 4, [0.0125])
+        """
+        count = operator.index(count)
+        if count < 0:
+            raise ValueError(f"Expected a count >= 0, but got {count}")
+        state = _built_state(self)
+        epoch = count // self.steps_per_epoch
+        if epoch > 0:  # at 0 the state as built is torch's
+            _move(state, self, epoch)
+        return state
+
+    def count_from_torch(
+        self, state_dict: Mapping[str, Any], *, group: int | None = None
+    ) -> int:
+        r"""The count at which this schedule continues a torch scheduler's run.
+
+        The count is torch's position, ``last_epoch`` (the epoch its schedulers
+        have reached for a ChainedScheduler), times ``steps_per_epoch``: for
+        :func:`per_epoch`, the count at the start of the epoch torch has reached
+        (see there). The dict must be the state of the torch scheduler built as
+        the schedule was: its class's entries, each equal to the schedule's
+        (numbers to float32 precision); the functions torch saves as None
+        (``lr_lambdas``, a ``scale_fn``) and the momentum entries of CyclicLR and
+        OneCycleLR are not compared.
+
+        Args:
+          state_dict: a torch scheduler's ``state_dict()``.
+          group: the param group the schedule is for, in a state with several
+            (``base_lrs`` has one entry per group); needed only where the
+            groups' entries differ.
+
+        Returns:
+          The count :math:`c`, a Python int.
+
+        Raises:
+          ValueError: an entry differs from the schedule's (naming both values),
+            the dict is of another class, or the groups differ and ``group`` is
+            None.
+
+        Example:
+          >>> for _ in range(3):
+          ...     torch_opt.step()
+          ...     torch_sched.step()
+          >>> fo.step_lr(1e-3, step_size=10).count_from_torch(torch_sched.state_dict())
+          3
+        """
+        _check_built_alike(
+            self, _built_state(self), state_dict, group, self.torch_class
+        )
+        return _epoch(state_dict) * self.steps_per_epoch
+
+
+def per_epoch(schedule: CountFunction, steps_per_epoch: int) -> Schedule:
+    r"""``schedule`` stepped once per epoch of ``steps_per_epoch`` optimizer steps:
+
+    .. math::
+        \eta_c = S(\lfloor c / N \rfloor)
+
+    at the optimizer's step count :math:`c`, for :math:`S` = ``schedule`` and
+    :math:`N` = ``steps_per_epoch``: the form of a torch loop that calls
+    ``scheduler.step()`` after each epoch of :math:`N` batches.
+
+    Its torch position is the epoch: :meth:`Schedule.torch_state_dict` at count
+    :math:`c` is the scheduler's state after :math:`\lfloor c / N \rfloor`
+    epochs, and :meth:`Schedule.count_from_torch` gives the count at the start of
+    the epoch torch has reached, ``last_epoch * N``, since torch's scheduler does
+    not record the batch within its epoch. A checkpoint taken at the end of an
+    epoch (where torch loops step their scheduler) resumes there exactly; for one
+    taken mid-epoch, the optimizer's count is the one to resume at (the
+    functional state's ``count``, which
+    :func:`functorch_optim.interop.load_torch_state` reads from torch's
+    per-parameter ``step``), on the same value until the epoch ends.
+
+    Args:
+      schedule: a schedule of the epoch.
+      steps_per_epoch: :math:`N`, a positive int.
+
+    Returns:
+      A schedule ``count -> value``.
+
+    Example:
+      >>> lr = fo.schedules.per_epoch(fo.step_lr(0.1, 30), steps_per_epoch=390)
+      >>> tx = fo.sgd(lr=lr, momentum=0.9)
+      >>> lr.torch_state_dict(390 * 45 + 7)["last_epoch"]
+      45
+    """
+    if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+        raise ValueError(
+            f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}"
+        )
+    base = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    return dataclasses.replace(
+        base,
+        fn=lambda count: base.fn(count // steps_per_epoch),
+        steps_per_epoch=base.steps_per_epoch * steps_per_epoch,
+    )
+
+
+# --- torch's scheduler state ---------------------------------------------------------
+
+# Entries of torch's scheduler state that say where the run is, not how the
+# scheduler was built.
+_POSITION = frozenset(
+    {
+        "last_epoch",
+        "_step_count",
+        "_last_lr",
+        "_is_initial",
+        "_get_lr_called_within_step",
+        "T_cur",
+        "T_i",
+    }
+)
+# CyclicLR's and OneCycleLR's momentum half, which an lr schedule leaves open.
+_MOMENTUM = frozenset(
+    {"cycle_momentum", "use_beta1", "base_momentums", "max_momentums"}
+)
+# Functions, which torch saves as None (or a callable object's __dict__).
+_FUNCTIONS = frozenset({"lr_lambdas", "_scale_fn_custom"})
+# Lists of one entry per param group.
+_PER_GROUP = frozenset({"base_lrs", "max_lrs"})
+
+
+class _OneGroupOptimizer:
+    """What a scheduler reads of an optimizer: one param group with the lr."""
+
+    def __init__(self, lr) -> None:
+        lr = None if lr is None else float(lr)
+        self.param_groups: list[dict[str, Any]] = [{"lr": lr}]
+        self.defaults = {"lr": lr}
+
+    def step(self) -> None:
+        """Never called: a scheduler only wraps it."""
+
+
+def _with_torch_scheduler(schedule: CountFunction) -> Schedule:
+    if not isinstance(schedule, Schedule) or schedule.torch_class is None:
+        raise ValueError(
+            f"{schedule!r} has no torch scheduler: the lr schedules of "
+            "functorch_optim.schedules have one (a momentum schedule is saved with "
+            "its lr schedule's CyclicLR or OneCycleLR)"
+        )
+    return schedule
+
+
+def _children(schedule: Schedule) -> list[Schedule]:
+    """The schedules of a SequentialLR or ChainedScheduler, checked to have torch
+    schedulers that it can step."""
+    children = [_with_torch_scheduler(child) for child in schedule.children]
+    if any(child.steps_per_epoch != 1 for child in children):
+        raise ValueError(
+            f"torch's {schedule.torch_class} steps its schedulers together: "
+            "apply per_epoch to it, not to its schedules"
+        )
+    return children
+
+
+def _torch_scheduler(schedule: CountFunction, optimizer) -> lr_scheduler.LRScheduler:
+    """The facade's twin of torch's scheduler (torch's format, torch's arithmetic),
+    built as a torch script builds it."""
+    schedule = _with_torch_scheduler(schedule)
+    cls = getattr(lr_scheduler, cast(str, schedule.torch_class))
+    if not schedule.children:
+        return cls(optimizer, **schedule.torch_args)
+    children = _children(schedule)
+    schedulers = [_torch_scheduler(child, optimizer) for child in children]
+    if schedule.torch_class == "ChainedScheduler":
+        if any(child.children for child in children):
+            raise ValueError("torch's ChainedScheduler here chains single schedulers")
+        return cls(schedulers, optimizer=optimizer)
+    lrs = [float(child.lr) for child in children]
+    if len(set(lrs)) > 1:
+        # torch's schedulers of one optimizer all start from its initial_lr
+        raise ValueError(
+            f"torch's SequentialLR runs its schedulers from one initial lr; the "
+            f"schedules start from {lrs}"
+        )
+    return cls(optimizer, schedulers, **schedule.torch_args)
+
+
+def _built_state(schedule: Schedule) -> dict[str, Any]:
+    """torch's state of the schedule's scheduler as built (after 0 steps)."""
+    scheduler = _torch_scheduler(schedule, _OneGroupOptimizer(schedule.lr))
+    return _without_momentum(scheduler.state_dict())
+
+
+def _without_momentum(state: dict[str, Any]) -> dict[str, Any]:
+    state = {k: v for k, v in state.items() if k not in _MOMENTUM}
+    if "_schedulers" in state:
+        state["_schedulers"] = [_without_momentum(s) for s in state["_schedulers"]]
+    return state
+
+
+def _lr_at(schedule: Schedule, epoch: int) -> float:
+    # torch keeps its lrs as Python floats: evaluate in double, also with x64 off.
+    with jax.enable_x64(True):
+        return float(schedule(epoch * schedule.steps_per_epoch))
+
+
+def _move(state: dict[str, Any], schedule: Schedule, epoch: int) -> None:
+    """Set the position entries of a state as built to those after ``epoch`` steps."""
+    if schedule.torch_class == "SequentialLR":
+        _move_sequential(state, schedule, epoch)
+    elif schedule.torch_class == "ChainedScheduler":
+        _move_chained(state, schedule, epoch)
+    else:
+        _set_position(state, schedule, epoch, _lr_at(schedule, epoch))
+
+
+def _set_position(state: dict[str, Any], schedule: Schedule, epoch: int, lr) -> None:
+    state["last_epoch"] = epoch
+    state["_last_lr"] = [lr]
+    if schedule.torch_class == "CosineAnnealingWarmRestarts":
+        # Its step() advances T_cur and T_i and leaves _step_count as built.
+        t_cur, t_i = epoch, schedule.torch_args["T_0"]
+        if schedule.torch_args["T_mult"] == 1:
+            t_cur %= t_i
+        while t_cur >= t_i:
+            t_cur -= t_i
+            t_i *= schedule.torch_args["T_mult"]
+        state["T_cur"], state["T_i"] = t_cur, t_i
+    else:
+        state["_step_count"] = 1 + epoch  # the constructor's step and epoch more
+
+
+def _move_sequential(state: dict[str, Any], schedule: Schedule, epoch: int) -> None:
+    # A scheduler that has finished rests on the epoch before the next milestone;
+    # the current one has run since its milestone (restarted at 0 there, its
+    # _step_count not counting the restart); later ones are as built.
+    milestones = schedule.torch_args["milestones"]
+    children = _children(schedule)
+    starts = [0, *milestones]
+    current = bisect_right(milestones, epoch)
+    for i in range(current + 1):
+        end = epoch if i == current else milestones[i] - 1
+        if end >= starts[i]:  # a scheduler between two equal milestones never runs
+            _move(state["_schedulers"][i], children[i], end - starts[i])
+    state["last_epoch"] = epoch
+    state["_last_lr"] = state["_schedulers"][current]["_last_lr"]
+
+
+def _move_chained(state: dict[str, Any], schedule: Schedule, epoch: int) -> None:
+    if epoch == 0:  # as built: each scheduler's constructor has scaled the lr
+        return
+    # Each step runs the schedulers in order, each scaling the group's lr by its
+    # factor's change: scheduler i leaves factors 0..i at `epoch`, the later ones
+    # still at `epoch - 1`.
+    factors = _children(schedule)
+    now = [_lr_at(factor, epoch) for factor in factors]
+    before = [_lr_at(factor, epoch - 1) for factor in factors]
+    for i, factor in enumerate(factors):
+        lr = float(schedule.lr) * math.prod(now[: i + 1]) * math.prod(before[i + 1 :])
+        _set_position(state["_schedulers"][i], factor, epoch, lr)
+    state["_last_lr"] = state["_schedulers"][-1]["_last_lr"]
+
+
+def _epoch(state: Mapping[str, Any]) -> int:
+    if "last_epoch" in state:
+        return state["last_epoch"]
+    epochs = {child["last_epoch"] for child in state["_schedulers"]}
+    if len(epochs) != 1:
+        raise ValueError(
+            "The ChainedScheduler's schedulers are at different epochs "
+            f"{sorted(epochs)}"
+        )
+    return epochs.pop()
+
+
+def _check_built_alike(schedule, built, given, group, where) -> None:
+    """Raise unless ``given`` is the state of a scheduler built as ``built`` was."""
+    ignored = _POSITION | _MOMENTUM | _FUNCTIONS
+    keys, given_keys = built.keys() - ignored, given.keys() - ignored
+    if keys != given_keys:
+        raise ValueError(
+            f"The state dict is not a {where}'s: it has {sorted(given_keys - keys)} "
+            f"and lacks {sorted(keys - given_keys)}"
+        )
+    for key in sorted(keys):
+        ours, theirs = built[key], given[key]
+        if key == "_schedulers":
+            if len(ours) != len(theirs):
+                raise ValueError(
+                    f"{where} has {len(ours)} schedulers, the state dict's "
+                    f"{len(theirs)}"
+                )
+            for i, child in enumerate(_children(schedule)):
+                name = f"{where}'s scheduler {i} ({child.torch_class})"
+                _check_built_alike(child, ours[i], theirs[i], group, name)
+            continue
+        if key in _PER_GROUP:
+            ours, theirs = ours[0], _group_entry(theirs, key, group)
+        if not _same(ours, theirs):
+            raise ValueError(
+                f"{where}'s {key}: the schedule has {ours!r}, the state dict has "
+                f"{theirs!r}"
+            )
+
+
+def _group_entry(values: Sequence, key: str, group: int | None):
+    if group is not None:
+        if not 0 <= group < len(values):
+            raise ValueError(
+                f"group={group}, but the state dict has {len(values)} param groups"
+            )
+        return values[group]
+    if any(not _same(value, values[0]) for value in values[1:]):
+        raise ValueError(
+            f"The state dict's {key} differ between its {len(values)} param groups "
+            f"({list(values)}): pass group= to say which the schedule is for"
+        )
+    return values[0]
+
+
+def _same(a, b) -> bool:
+    # Numbers to float32 precision: an lr may have been a float32 on either side.
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-6)
+    except (TypeError, ValueError):
+        return bool(a == b)
 
 
 def _float_count(count) -> jax.Array:
     return jnp.asarray(count).astype(scalar_dtype())
 
 
-def lambda_lr(lr, lr_lambda: Schedule) -> Schedule:
+def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
     r"""``torch.optim.lr_scheduler.LambdaLR``: :math:`\eta_t = \eta_0 \lambda(t)`.
 
     Args:
@@ -71,10 +485,15 @@ def lambda_lr(lr, lr_lambda: Schedule) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.lambda_lr(0.1, lambda t: 0.95**t))
     """
-    return lambda count: lr * lr_lambda(jnp.asarray(count))
+    return Schedule(
+        lambda count: lr * lr_lambda(jnp.asarray(count)),
+        "LambdaLR",
+        {"lr_lambda": lr_lambda},
+        lr,
+    )
 
 
-def multiplicative_lr(lr, lr_lambda: Schedule) -> Schedule:
+def multiplicative_lr(lr, lr_lambda: CountFunction) -> Schedule:
     r"""``MultiplicativeLR``: :math:`\eta_t = \eta_0 \prod_{k=1}^{t} \lambda(k)`.
 
     The product has no closed form for a general ``lr_lambda``, so the schedule
@@ -98,7 +517,7 @@ def multiplicative_lr(lr, lr_lambda: Schedule) -> Schedule:
             1, t + 1, lambda k, acc: acc * lr_lambda(k), jnp.asarray(lr, scalar_dtype())
         )
 
-    return schedule
+    return Schedule(schedule, "MultiplicativeLR", {"lr_lambda": lr_lambda}, lr)
 
 
 def step_lr(lr, step_size: int, gamma=0.1) -> Schedule:
@@ -115,7 +534,12 @@ def step_lr(lr, step_size: int, gamma=0.1) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.step_lr(0.1, step_size=30))
     """
-    return lambda count: sm.step_value(lr, _float_count(count), step_size, gamma)
+    return Schedule(
+        lambda count: sm.step_value(lr, _float_count(count), step_size, gamma),
+        "StepLR",
+        {"step_size": step_size, "gamma": gamma},
+        lr,
+    )
 
 
 def multi_step_lr(lr, milestones: Sequence[int], gamma=0.1) -> Schedule:
@@ -135,8 +559,13 @@ def multi_step_lr(lr, milestones: Sequence[int], gamma=0.1) -> Schedule:
       >>> tx = fo.sgd(lr=fo.multi_step_lr(0.1, milestones=[30, 80]))
     """
     points = sorted(milestones)
-    return lambda count: sm.multi_step_value(
-        lr, _float_count(count), points, gamma, sm.JAX
+    return Schedule(
+        lambda count: sm.multi_step_value(
+            lr, _float_count(count), points, gamma, sm.JAX
+        ),
+        "MultiStepLR",
+        {"milestones": points, "gamma": gamma},
+        lr,
     )
 
 
@@ -156,7 +585,12 @@ def constant_lr(lr, factor=1.0 / 3, total_iters=5) -> Schedule:
       >>> tx = fo.adam(lr=fo.constant_lr(1e-3, factor=0.5, total_iters=100))
     """
     sm.check_constant_factor(factor)
-    return lambda count: sm.constant_value(lr, _float_count(count), factor, total_iters)
+    return Schedule(
+        lambda count: sm.constant_value(lr, _float_count(count), factor, total_iters),
+        "ConstantLR",
+        {"factor": factor, "total_iters": total_iters},
+        lr,
+    )
 
 
 def linear_lr(lr, start_factor=1.0 / 3, end_factor=1.0, total_iters=5) -> Schedule:
@@ -175,8 +609,17 @@ def linear_lr(lr, start_factor=1.0 / 3, end_factor=1.0, total_iters=5) -> Schedu
       >>> tx = fo.adamw(lr=fo.linear_lr(3e-4, start_factor=0.01, total_iters=1000))
     """
     sm.check_linear_factors(start_factor, end_factor)
-    return lambda count: sm.linear_value(
-        lr, _float_count(count), start_factor, end_factor, total_iters, sm.JAX
+    return Schedule(
+        lambda count: sm.linear_value(
+            lr, _float_count(count), start_factor, end_factor, total_iters, sm.JAX
+        ),
+        "LinearLR",
+        {
+            "start_factor": start_factor,
+            "end_factor": end_factor,
+            "total_iters": total_iters,
+        },
+        lr,
     )
 
 
@@ -186,7 +629,12 @@ def exponential_lr(lr, gamma) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.exponential_lr(0.1, gamma=0.99))
     """
-    return lambda count: sm.exponential_value(lr, _float_count(count), gamma)
+    return Schedule(
+        lambda count: sm.exponential_value(lr, _float_count(count), gamma),
+        "ExponentialLR",
+        {"gamma": gamma},
+        lr,
+    )
 
 
 def polynomial_lr(lr, total_iters=5, power=1.0) -> Schedule:
@@ -203,8 +651,13 @@ def polynomial_lr(lr, total_iters=5, power=1.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.polynomial_lr(0.1, total_iters=1000, power=2.0))
     """
-    return lambda count: sm.polynomial_value(
-        lr, _float_count(count), total_iters, power, sm.JAX
+    return Schedule(
+        lambda count: sm.polynomial_value(
+            lr, _float_count(count), total_iters, power, sm.JAX
+        ),
+        "PolynomialLR",
+        {"total_iters": total_iters, "power": power},
+        lr,
     )
 
 
@@ -221,8 +674,11 @@ def cosine_annealing_lr(lr, T_max, eta_min=0.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.cosine_annealing_lr(0.1, T_max=100))
     """
-    return lambda count: sm.cosine_value(
-        lr, eta_min, _float_count(count), T_max, sm.JAX
+    return Schedule(
+        lambda count: sm.cosine_value(lr, eta_min, _float_count(count), T_max, sm.JAX),
+        "CosineAnnealingLR",
+        {"T_max": T_max, "eta_min": eta_min},
+        lr,
     )
 
 
@@ -260,12 +716,17 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
             t_cur, t_i = t - starts_array[cycle], lengths_array[cycle]
         return sm.cosine_value(lr, eta_min, t_cur, t_i, sm.JAX)
 
-    return schedule
+    return Schedule(
+        schedule,
+        "CosineAnnealingWarmRestarts",
+        {"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min},
+        lr,
+    )
 
 
 def _cyclic(
     low, high, value_fn, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
-) -> Schedule:
+) -> CountFunction:
     sm.check_cyclic_mode(mode, scale_fn)
     step_size_up = float(step_size_up)
     step_size_down = (
@@ -312,16 +773,21 @@ def cyclic_lr(
       >>> tx = fo.sgd(lr=fo.cyclic_lr(0.01, 0.1, step_size_up=10),
       ...             momentum=fo.cyclic_momentum(step_size_up=10))
     """
-    return _cyclic(
+    policy = {
+        "step_size_up": step_size_up,
+        "step_size_down": step_size_down,
+        "mode": mode,
+        "gamma": gamma,
+        "scale_fn": scale_fn,
+        "scale_mode": scale_mode,
+    }
+    return Schedule(
+        _cyclic(base_lr, max_lr, sm.cyclic_lr_value, **policy),
+        "CyclicLR",
+        # The momentum half of torch's scheduler is cyclic_momentum's (see
+        # Schedule.torch_state_dict); off here, so its entries are not written.
+        {"base_lr": base_lr, "max_lr": max_lr, **policy, "cycle_momentum": False},
         base_lr,
-        max_lr,
-        sm.cyclic_lr_value,
-        step_size_up,
-        step_size_down,
-        mode,
-        gamma,
-        scale_fn,
-        scale_mode,
     )
 
 
@@ -346,16 +812,18 @@ def cyclic_momentum(
     Example:
       >>> momentum = fo.cyclic_momentum(0.8, 0.9, step_size_up=10)
     """
-    return _cyclic(
-        base_momentum,
-        max_momentum,
-        sm.cyclic_momentum_value,
-        step_size_up,
-        step_size_down,
-        mode,
-        gamma,
-        scale_fn,
-        scale_mode,
+    return Schedule(
+        _cyclic(
+            base_momentum,
+            max_momentum,
+            sm.cyclic_momentum_value,
+            step_size_up,
+            step_size_down,
+            mode,
+            gamma,
+            scale_fn,
+            scale_mode,
+        )
     )
 
 
@@ -368,7 +836,7 @@ def _one_cycle(
     pct_start,
     anneal_strategy,
     three_phase,
-) -> Schedule:
+) -> CountFunction:
     total = sm.one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
     phases = sm.one_cycle_phases(total, pct_start, three_phase, anneal_strategy)
 
@@ -413,15 +881,29 @@ def one_cycle_lr(
         "max_lr": max_lr,
         "min_lr": initial_lr / final_div_factor,
     }
-    return _one_cycle(
-        values,
-        "lr",
-        total_steps,
-        epochs,
-        steps_per_epoch,
-        pct_start,
-        anneal_strategy,
-        three_phase,
+    length = {
+        "total_steps": total_steps,
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    shape = {
+        "pct_start": pct_start,
+        "anneal_strategy": anneal_strategy,
+        "three_phase": three_phase,
+    }
+    return Schedule(
+        _one_cycle(values, "lr", **length, **shape),
+        "OneCycleLR",
+        # The momentum half is one_cycle_momentum's, as for cyclic_lr.
+        {
+            "max_lr": max_lr,
+            **length,
+            **shape,
+            "div_factor": div_factor,
+            "final_div_factor": final_div_factor,
+            "cycle_momentum": False,
+        },
+        initial_lr,
     )
 
 
@@ -442,19 +924,23 @@ def one_cycle_momentum(
       >>> momentum = fo.one_cycle_momentum(total_steps=1000)
     """
     values = {"base_momentum": base_momentum, "max_momentum": max_momentum}
-    return _one_cycle(
-        values,
-        "momentum",
-        total_steps,
-        epochs,
-        steps_per_epoch,
-        pct_start,
-        anneal_strategy,
-        three_phase,
+    return Schedule(
+        _one_cycle(
+            values,
+            "momentum",
+            total_steps,
+            epochs,
+            steps_per_epoch,
+            pct_start,
+            anneal_strategy,
+            three_phase,
+        )
     )
 
 
-def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
+def sequential_lr(
+    schedules: Sequence[CountFunction], milestones: Sequence[int]
+) -> Schedule:
     r"""``SequentialLR``: schedule :math:`i` runs from milestone :math:`i - 1` on,
     restarted at count 0 there: :math:`\eta_t = S_i(t - m_{i-1})`.
 
@@ -479,10 +965,16 @@ def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> S
         branches.append((True, lambda: schedules[-1](t - starts[-1])))
         return sm.JAX.first(branches)
 
-    return schedule
+    return Schedule(
+        schedule,
+        "SequentialLR",
+        {"milestones": list(milestones)},
+        getattr(schedules[0], "lr", None),
+        tuple(schedules),
+    )
 
 
-def chained_lr(lr, factors: Sequence[Schedule]) -> Schedule:
+def chained_lr(lr, factors: Sequence[CountFunction]) -> Schedule:
     r"""``ChainedScheduler``: the product of the schedules' factors,
     :math:`\eta_t = \eta_0 \prod_i F_i(t)`.
 
@@ -502,4 +994,4 @@ def chained_lr(lr, factors: Sequence[Schedule]) -> Schedule:
             value = value * factor(count)
         return value
 
-    return schedule
+    return Schedule(schedule, "ChainedScheduler", {}, lr, tuple(factors))
