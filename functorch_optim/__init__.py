@@ -52,6 +52,7 @@ from .optim import (
     register_optimizer_step_pre_hook,
 )
 from .packing import PackedState, packed
+from .param_groups import ParamGroupsState, set_group_options, with_param_groups
 from .schedules import (
     Schedule,
     chained_lr,
@@ -142,6 +143,8 @@ __all__ = [
     "rprop",
     "sparse_adam",
     "PackedState",
+    "with_param_groups",
+    "set_group_options",
     # functional states, one per algorithm
     "ASGDState",
     "AdadeltaState",
@@ -150,6 +153,7 @@ __all__ = [
     "AdamState",
     "AdamWState",
     "AdamaxState",
+    "ParamGroupsState",
     "MuonState",
     "NAdamState",
     "RAdamState",

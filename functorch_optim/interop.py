@@ -25,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .names import given_order, path_name
+from .param_groups import ParamGroupsState, ParamGroupsUpdate, set_group_options
+from .rule import Algorithm, Options
+from .runner import array_names, evaluate_schedules
 
 _BFLOAT16 = np.dtype(jnp.bfloat16)
 
@@ -281,56 +284,85 @@ def _named_params(params: Any) -> tuple[list[str], list[int]]:
     return names, [position[path_name(path)] for path in given_order(params)[0]]
 
 
-def _algorithm_of(tx: Any) -> tuple[Any, Any]:
+def _algorithm_of(tx: Any) -> tuple[Algorithm, Any]:
     update: Any = getattr(tx, "update", None)
     algorithm = getattr(update, "algorithm", None)
     if algorithm is None or algorithm.state_type is None:
         raise TypeError(
             "expected a transform of one of this library's first-order algorithms "
-            f"(fo.adam(...), fo.sgd(...), ...), got {tx!r}"
+            f"(fo.adam(...), fo.sgd(...), fo.with_param_groups(...), ...), got {tx!r}"
         )
-    return algorithm, update.options
+    return algorithm, update
+
+
+# (options, leaves: positions in jax.tree order, scalar entries) of one torch group
+_TorchGroup = tuple[Options, list[int], dict[str, Any]]
+
+
+def _torch_groups(tx: Any, state: Any, params: Any) -> tuple[Any, list[_TorchGroup]]:
+    """The algorithm's state over the whole tree, and the param groups torch keeps
+    for ``tx``: one for a single transform, one per group of
+    :func:`~functorch_optim.with_param_groups`, whose options are the group's
+    current hyperparameters."""
+    algorithm, update = _algorithm_of(tx)
+    if isinstance(update, ParamGroupsUpdate):
+        inner = state.inner
+        return inner, [
+            (
+                update.options(state.hyperparams, g),
+                leaves,
+                {name: getattr(inner, name)[g] for name in algorithm.scalar_names},
+            )
+            for g, leaves in enumerate(update.members(params))
+        ]
+    leaves = list(range(len(jax.tree.leaves(params))))
+    scalars = {name: getattr(state, name) for name in algorithm.scalar_names}
+    return state, [(update.options, leaves, scalars)]
 
 
 def _torch_option(value: Any) -> Any:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return tuple(_torch_option(v) for v in value)
     if hasattr(value, "shape"):
-        return float(np.asarray(value).reshape(()))
+        return float(_array_to_numpy(value).reshape(()))
     return value
 
 
 def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dict:
     """A functional state in the format of torch's ``Optimizer.state_dict()``.
 
-    One param group holding every leaf, ``param_names`` the leaves' key paths
-    joined by ``.`` (``{"fc1": {"weight": w}}`` -> ``fc1.weight``), the group's
-    options ``tx``'s (a schedule at its value for the next step). Each leaf's state
-    holds torch's entries: ``step`` from ``state.count`` (a float32 tensor where
-    torch keeps one), the scalar entries kept once, its slice of each array entry.
-    Before the first step the state is empty, as torch's (Adagrad's, created by its
-    constructor, excepted).
+    One param group holding every leaf, or for
+    :func:`~functorch_optim.with_param_groups` one per group, each with its leaves,
+    ``param_names`` their key paths joined by ``.`` (``{"fc1": {"weight": w}}`` ->
+    ``fc1.weight``), and its options: ``tx``'s (a schedule at its value for the
+    next step), a group's current hyperparameters (``lr``, ...) included. Each
+    leaf's state holds torch's entries: ``step`` from the count (a float32 tensor
+    where torch keeps one), the scalar entries, its slice of each array entry.
+    Before the first step the state is empty, as torch's (Adagrad's, created by
+    its constructor, excepted).
 
     torch's ``load_state_dict`` matches params by position, not by name, so torch's
-    id ``i`` must be the param torch numbers ``i``: the ids follow ``order``, given
-    by name. Without ``order`` the params' own order is used where it is certain
-    (lists and tuples); a dict's order is not (``jax.tree.map`` and a jitted step
-    return dicts with sorted keys), so params with a dict of two or more entries
-    need ``order``: a wrong order would load each state onto another param of
-    the same shape without an error. :func:`load_into_torch` loads by name.
+    id ``i`` must be the param torch numbers ``i``: group by group, each group's
+    params in the order ``order`` gives by name. Without ``order`` the params' own
+    order is used where it is certain (lists and tuples); a dict's order is not
+    (``jax.tree.map`` and a jitted step return dicts with sorted keys), so params
+    with a dict of two or more entries need ``order``: a wrong order would load
+    each state onto another param of the same shape without an error.
+    :func:`load_into_torch` loads by name.
 
     Args:
-      tx: the transform of this library that made ``state`` (``fo.adam(...)``).
-      state: its state (``fo.AdamState``, ...).
+      tx: the transform of this library that made ``state`` (``fo.adam(...)``,
+        ``fo.with_param_groups(...)``).
+      state: its state (``fo.AdamState``, ``fo.ParamGroupsState``, ...).
       params: the params the state belongs to (only their names, structure and
-        order are read).
+        order are read, and what the groups' selectors read).
       order: torch's parameter order by name: the torch ``nn.Module`` (its
         ``named_parameters()`` order), the torch optimizer (built from named
         params), or a list of names.
 
     Returns:
       A dict that ``torch.optim.<Algorithm>.load_state_dict`` loads, with torch
-      tensors.
+      tensors: into an optimizer built with the same groups, in the same order.
 
     Raises:
       ValueError: ``order`` is needed and not given, or names params that are not
@@ -341,47 +373,58 @@ def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dic
       >>> torch_opt = torch.optim.Adam(model.named_parameters(), lr=1e-3)
       >>> torch_opt.load_state_dict(sd)
     """
-    from .runner import array_names, evaluate_schedules
-
-    algorithm, options = _algorithm_of(tx)
+    algorithm, _ = _algorithm_of(tx)
     if order is None and _order_is_ambiguous(params):
         raise ValueError(
             "torch loads optimizer state by position, and the order of the params' "
             f"dicts may not be torch's; {_HOW_TO_ORDER}"
         )
+    inner, groups = _torch_groups(tx, state, params)
     names, given = _named_params(params)
     treedef: Any = jax.tree.structure(params)
-    count = int(state.count)
+    count = int(inner.count)
     columns = {
         name: [None] * treedef.num_leaves
-        if getattr(state, name) is None
-        else treedef.flatten_up_to(getattr(state, name))
+        if getattr(inner, name) is None
+        else treedef.flatten_up_to(getattr(inner, name))
         for name in array_names(algorithm)
     }
     created = count > 0 or algorithm.state_at_construction
     leaf_states = {}
-    for torch_id, leaf in enumerate(given):
-        if not created:
-            break
-        entries: dict[str, Any] = {}
-        for name in algorithm.state_names:
-            if name == "step":
-                entries[name] = (
-                    jnp.asarray(count, jnp.float32)
-                    if algorithm.step_is_tensor
-                    else count
-                )
-            elif name in algorithm.scalar_names:
-                entries[name] = getattr(state, name)
-            elif columns[name][leaf] is not None:
-                entries[name] = columns[name][leaf]
-        leaf_states[torch_id] = to_torch(entries)
-    values = evaluate_schedules(options, state.count)
-    group = {k: _torch_option(values[k]) for k in algorithm.defaults}
-    group["params"] = list(range(len(given)))
-    group["param_names"] = [names[leaf] for leaf in given]
-    state_dict = {"state": leaf_states, "param_groups": [group]}
+    param_groups = []
+    next_id = 0
+    for options, leaves, scalars in groups:
+        taken = set(leaves)
+        members = [leaf for leaf in given if leaf in taken]
+        ids = list(range(next_id, next_id + len(members)))
+        next_id += len(members)
+        for torch_id, leaf in zip(ids, members, strict=True):
+            if not created:
+                break
+            entries: dict[str, Any] = {}
+            for name in algorithm.state_names:
+                if name == "step":
+                    entries[name] = (
+                        jnp.asarray(count, jnp.float32)
+                        if algorithm.step_is_tensor
+                        else count
+                    )
+                elif name in scalars:
+                    entries[name] = scalars[name]
+                elif columns[name][leaf] is not None:
+                    entries[name] = columns[name][leaf]
+            leaf_states[torch_id] = to_torch(entries)
+        values = evaluate_schedules(options, inner.count)
+        group = {k: _torch_option(values[k]) for k in algorithm.defaults}
+        group["params"] = ids
+        group["param_names"] = [names[leaf] for leaf in members]
+        param_groups.append(group)
+    state_dict = {"state": leaf_states, "param_groups": param_groups}
     return state_dict if order is None else renumbered(state_dict, order)
+
+
+# torch's implementation flags: accepted and checked, with no effect on a step here
+_IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable")
 
 
 def load_torch_state(
@@ -399,13 +442,21 @@ def load_torch_state(
     no dict of two or more entries); otherwise it is an error. Each entry is
     checked (torch's names of this algorithm, the leaf's shape, a real or complex
     dtype as the leaf's) and cast to the dtype ``tx.init`` gives it. The
-    functional state has one count, so every param must have taken the same
-    number of steps, and the scalar entries (ASGD's ``eta``, NAdam's
-    ``mu_product``) must agree. The options are
-    ``tx``'s; the group's options in the dict are not read.
+    functional state has one count, so every param with state must have taken the
+    same number of steps, and the scalar entries (ASGD's ``eta``, NAdam's
+    ``mu_product``) must agree within a group.
+
+    For a single transform the options are ``tx``'s; the group's options in the
+    dict are not read. For :func:`~functorch_optim.with_param_groups`, torch's
+    groups must be the transform's, in order, each holding the params the group
+    takes; each group's hyperparameters (``lr``, ...: those in
+    ``state.hyperparams``) are torch's, as a scheduler left them, and its fixed
+    options (flags, tuples, zeros) must equal torch's (the implementation flags
+    ``foreach``, ``fused`` and ``differentiable`` excepted).
 
     Args:
-      tx: a transform of this library (``fo.adam(...)``).
+      tx: a transform of this library (``fo.adam(...)``,
+        ``fo.with_param_groups(...)``).
       torch_state_dict: ``torch_optimizer.state_dict()`` (torch tensors, or
         NumPy/JAX arrays).
       params: the params, as ``tx.update`` will get them.
@@ -413,21 +464,26 @@ def load_torch_state(
         id order: the torch ``nn.Module`` or a list of names.
 
     Returns:
-      The state (``fo.AdamState``, ...), as ``tx.init(params)`` shapes it.
+      The state (``fo.AdamState``, ``fo.ParamGroupsState``, ...), as
+      ``tx.init(params)`` shapes it.
 
     Raises:
       ValueError: naming the param and entry, for a param missing from the dict or
         in it but not in ``params``, an entry of another shape, an unknown entry,
-        or steps / scalar entries that differ between params.
+        or steps / scalar entries that differ between params; naming the group,
+        for torch groups other than the transform's or a fixed option that
+        differs.
 
     Example:
       >>> params = fo.interop.to_jax(dict(model.named_parameters()))
       >>> state = fo.interop.load_torch_state(fo.adam(1e-3), opt.state_dict(), params)
     """
-    algorithm, _ = _algorithm_of(tx)
+    algorithm, update = _algorithm_of(tx)
+    grouped = isinstance(update, ParamGroupsUpdate)
     names, given = _named_params(params)
     treedef: Any = jax.tree.structure(params)
     template = jax.eval_shape(tx.init, params)
+    inner_template = template.inner if grouped else template
     groups = torch_state_dict["param_groups"]
     saved_states = torch_state_dict["state"]
     torch_ids = [pid for group in groups for pid in group["params"]]
@@ -463,6 +519,10 @@ def load_torch_state(
         unknown = [n for n in in_id_order if n not in names]
         if unknown:
             raise ValueError(f"order names {unknown}, which params does not have")
+    # our groups (one for a single transform), as positions in jax.tree order
+    members = update.members(params) if grouped else [list(range(treedef.num_leaves))]
+    if grouped:
+        _check_torch_groups(groups, members, names, id_of)
 
     per_leaf: list[dict] = []
     for name in names:
@@ -477,22 +537,40 @@ def load_torch_state(
             )
         per_leaf.append(dict(saved))
 
-    stepped = [bool(s) for s in per_leaf]
-    if any(stepped) and not all(stepped):
+    # A param keeps no state in torch where its group's options create none (SGD
+    # without momentum); every other param has state once a step is taken.
+    entries = [
+        treedef.flatten_up_to(getattr(inner_template, field))
+        for field in array_names(algorithm)
+        if getattr(inner_template, field) is not None
+    ]
+    keeps_state = [
+        "step" in algorithm.state_names or any(e[i] is not None for e in entries)
+        for i in range(len(names))
+    ]
+    with_state = [n for n, s, k in zip(names, per_leaf, keeps_state) if s and k]
+    without = [n for n, s, k in zip(names, per_leaf, keeps_state) if k and not s]
+    if with_state and without:
         raise ValueError(
             "the functional state has one count: torch has state for params "
-            f"{[n for n, s in zip(names, stepped, strict=True) if s]} but none "
-            f"for {[n for n, s in zip(names, stepped, strict=True) if not s]}"
+            f"{with_state} but none for {without}"
         )
-    if not any(stepped):
-        return jax.tree.map(jnp.asarray, tx.init(params))
+    if not with_state:
+        initial = jax.tree.map(jnp.asarray, tx.init(params))
+        if not grouped:
+            return initial
+        return _with_torch_options(update, initial, groups)
 
     def count_of(saved: dict) -> int:
         if "step" not in algorithm.state_names:
             return 1  # torch keeps no count: its state exists, so a step was taken
         return int(np.asarray(to_numpy(saved["step"])).reshape(()))
 
-    counts = {name: count_of(s) for name, s in zip(names, per_leaf, strict=True)}
+    counts = {
+        name: count_of(s)
+        for name, s in zip(names, per_leaf, strict=True)
+        if name in with_state
+    }
     if len(set(counts.values())) != 1:
         raise ValueError(
             f"the functional state has one count; torch's steps differ: {counts}"
@@ -512,20 +590,31 @@ def load_torch_state(
             )
         return jnp.asarray(array).astype(expected.dtype)
 
-    fields: dict[str, Any] = {"count": jnp.asarray(counts[names[0]], jnp.int32)}
-    for field in template._fields[1:]:
-        expected = getattr(template, field)
+    def scalar_of(field: str, g: int, expected: Any) -> jax.Array:
+        """Group ``g``'s scalar entry: its params' one value."""
+        if not members[g]:  # torch keeps no state for an empty group
+            return getattr(update.transforms[g].init([]), field)
+        values = [
+            loaded(names[i], field, per_leaf[i][field], expected) for i in members[g]
+        ]
+        if any(not bool(jnp.all(v == values[0])) for v in values):
+            raise ValueError(
+                f"the functional state keeps one {field!r} per param group; torch's "
+                f"differ between params: {[float(v) for v in values]}"
+            )
+        return values[0]
+
+    fields: dict[str, Any] = {
+        "count": jnp.asarray(next(iter(counts.values())), jnp.int32)
+    }
+    for field in inner_template._fields[1:]:
+        expected = getattr(inner_template, field)
         if field in algorithm.scalar_names:
-            values = [
-                loaded(n, field, s[field], expected)
-                for n, s in zip(names, per_leaf, strict=True)
-            ]
-            if any(not bool(jnp.all(v == values[0])) for v in values):
-                raise ValueError(
-                    f"the functional state keeps one {field!r}; torch's differ "
-                    f"between params: {[float(v) for v in values]}"
-                )
-            fields[field] = values[0]
+            fields[field] = (
+                tuple(scalar_of(field, g, e) for g, e in enumerate(expected))
+                if grouped
+                else scalar_of(field, 0, expected)
+            )
             continue
         if expected is None:
             fields[field] = None
@@ -541,4 +630,64 @@ def load_torch_state(
             else:
                 column.append(loaded(name, field, saved[field], want))
         fields[field] = jax.tree.unflatten(treedef, column)
-    return algorithm.state_type(**fields)
+    inner = algorithm.state_type(**fields)
+    if not grouped:
+        return inner
+    return _with_torch_options(
+        update, ParamGroupsState(update.initial_hyperparams(), inner), groups
+    )
+
+
+def _check_torch_groups(
+    torch_groups: list, members: list[list[int]], names: list[str], id_of: dict
+) -> None:
+    """torch's param groups are the transform's: as many, each with the params
+    the transform's group of the same index takes (by name)."""
+    if len(torch_groups) != len(members):
+        raise ValueError(
+            f"torch's state dict has {len(torch_groups)} param groups, the "
+            f"transform {len(members)}"
+        )
+    name_of = {pid: name for name, pid in id_of.items()}
+    for g, (group, leaves) in enumerate(zip(torch_groups, members, strict=True)):
+        theirs = list(group.get("param_names") or [name_of[p] for p in group["params"]])
+        ours = [names[i] for i in leaves]
+        missing = [n for n in ours if n not in theirs]
+        extra = [n for n in theirs if n not in ours]
+        if missing or extra:
+            raise ValueError(
+                f"torch's param group {g} has params {theirs}, the transform's group "
+                f"{g} takes {ours}: not in torch's group: {missing}, in torch's but "
+                f"not in the transform's: {extra}"
+            )
+
+
+def _with_torch_options(
+    update: ParamGroupsUpdate, state: ParamGroupsState, torch_groups: list
+) -> ParamGroupsState:
+    """``state`` with each group's hyperparameters set to torch's group's values,
+    after checking that torch's group has the transform's fixed options."""
+    for g, torch_group in enumerate(torch_groups):
+        fixed = update.static_options(g)
+        differ = {
+            name: (_torch_option(torch_group[name]), value)
+            for name, value in fixed.items()
+            if name in torch_group
+            and name not in _IMPLEMENTATION_FLAGS
+            and not callable(value)  # a schedule: torch's group has its value
+            and _torch_option(torch_group[name]) != _torch_option(value)
+        }
+        if differ:
+            raise ValueError(
+                f"torch's param group {g} has options {differ} as (torch's, the "
+                f"transform's): these are fixed when the transform is built "
+                "(flags, integers, tuples, zeros torch branches on); build it "
+                "with torch's"
+            )
+        values = {
+            name: _torch_option(torch_group[name])
+            for name in state.hyperparams[g]
+            if name in torch_group
+        }
+        state = set_group_options(state, g, **values)
+    return state

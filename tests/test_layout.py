@@ -35,7 +35,11 @@ LAYERS = [
     ),
     ("functorch_optim.algorithms",),
     ("functorch_optim.packing",),
-    ("functorch_optim.functional", "functorch_optim.interop"),
+    (
+        "functorch_optim.functional",
+        "functorch_optim.interop",
+        "functorch_optim.param_groups",
+    ),
     ("functorch_optim.runner",),
     ("functorch_optim.kernels",),
     ("functorch_optim.rule",),
