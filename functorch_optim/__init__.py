@@ -30,6 +30,7 @@ from .clipping import (
     global_norm,
 )
 from .core import GradientTransformation, apply_updates, chain
+from .grouping import CarvedGroups, carve_groups
 from .lbfgs import LBFGS, lbfgs
 from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
 from .optim import (
@@ -112,6 +113,8 @@ __all__ = [
     "Rprop",
     "SGD",
     "SparseAdam",
+    "CarvedGroups",
+    "carve_groups",
     "interop",
     "checkpoint",
     "register_optimizer_step_post_hook",

@@ -1086,13 +1086,20 @@ def _restore_directory(path: str) -> Any:
         raise CheckpointError(f"{path} could not be decoded: {e}") from None
 
 
-def model_state_dict(optimizer: Any) -> dict[str, Any]:
+def model_state_dict(optimizer: Any, tied: Any = None) -> dict[str, Any]:
     """A facade's params as torch's ``model.state_dict()`` holds them:
     ``{param_name: array}``, in the optimizer's order.
 
     The names are the groups' ``param_names`` (a facade built from a dict or
     ``(name, array)`` pairs has them, such as the names of
     ``model.named_parameters()``).
+
+    Args:
+      optimizer: a facade optimizer.
+      tied: tied weights to write under each of their names, as torch's
+        ``model.state_dict()`` does (nanoGPT's ``lm_head.weight``, the array of
+        ``transformer.wte.weight``): the torch module, or ``{alias: name}``
+        (:func:`functorch_optim.interop.tied_names`).
 
     Raises:
       ValueError: a param group has no ``param_names`` (params given as a list).
@@ -1101,6 +1108,8 @@ def model_state_dict(optimizer: Any) -> dict[str, Any]:
       >>> fo.checkpoint.model_state_dict(opt)["w"].shape
       (3, 2)
     """
+    from . import interop
+
     model: dict[str, Any] = {}
     for g, group in enumerate(optimizer.param_groups):
         names = group.get("param_names")
@@ -1110,7 +1119,11 @@ def model_state_dict(optimizer: Any) -> dict[str, Any]:
                 "dict or (name, array) pairs to name the params in torch's file"
             )
         model.update(zip(names, group["params"], strict=True))
-    return model
+    if tied is None:
+        return model
+    if hasattr(tied, "named_parameters"):
+        tied = interop.tied_names(tied)
+    return interop.with_tied(model, tied)
 
 
 def _as_torch_objects(value: Any) -> Any:

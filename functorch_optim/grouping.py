@@ -21,12 +21,13 @@ groups here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 
-from .names import path_name
+from .names import given_order, path_name
 
 Selector = Callable[[str, Any], bool] | Sequence[str] | set[str] | frozenset[str]
 
@@ -98,3 +99,71 @@ def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]
             )
         assignment.append(taker)
     return assignment
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compared by identity
+class CarvedGroups:
+    """Param groups carved from one params tree, as :func:`carve_groups` makes
+    them: what a facade's constructor takes as ``params`` to keep the tree whole
+    (``opt.params`` is that tree, ``opt.step(grads)`` takes grads shaped like it).
+
+    Attributes:
+      params: the params tree, as given.
+      groups: torch's param groups: each group's options and, as its
+        ``"params"``, the ``(name, array)`` pairs it takes, in the tree's given
+        order (dicts in insertion order, torch's ``named_parameters()`` order).
+    """
+
+    params: Any
+    groups: tuple[dict[str, Any], ...]
+
+
+def carve_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> CarvedGroups:
+    """Param groups carved from the whole params tree by predicate or by names,
+    for a facade optimizer that keeps the tree whole.
+
+    Each group dict holds a selector as its ``"params"`` (see the module's
+    docstring: a predicate ``(name, leaf) -> bool`` or a list of names; the first
+    group that takes a leaf gets it) and any options: torch's (``lr``,
+    ``weight_decay``, ``betas``, ...) and keys of its own, such as an
+    ``lr_scale`` a scheduler reads, which the group dict keeps as torch's does.
+    The optimizer numbers the params group by group, each group's in the tree's
+    given order, as torch numbers groups built from ``model.named_parameters()``.
+
+    Args:
+      params: the whole params tree (a dict of a model's params, nested or flat
+        with torch's names).
+      groups: the group dicts, in the order of ``param_groups``.
+
+    Returns:
+      A :class:`CarvedGroups`, which ``fo.AdamW(...)`` and the other facade
+      classes take as their ``params``.
+
+    Raises:
+      ValueError, TypeError: as :func:`assign_groups` (a leaf no group takes, a
+        name not in the tree, a selector that is neither).
+
+    Example:
+      >>> groups = fo.carve_groups(params, [
+      ...     {"params": lambda name, p: p.ndim >= 2, "weight_decay": 0.1},
+      ...     {"params": lambda name, p: True, "weight_decay": 0.0},
+      ... ])
+      >>> opt = fo.AdamW(groups, lr=6e-4, betas=(0.9, 0.95))
+      >>> opt.step(grads)               # grads shaped like the whole tree
+      >>> sorted(opt.params) == sorted(params)
+      True
+    """
+    group_of = assign_groups(params, groups)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    position = {path: i for i, (path, _) in enumerate(flat)}
+    members: list[list] = [[] for _ in groups]
+    for path in given_order(params)[0]:
+        i = position[path]
+        members[group_of[i]].append((path_name(path), flat[i][1]))
+    return CarvedGroups(
+        params,
+        tuple(
+            {**group, "params": taken}
+            for group, taken in zip(groups, members, strict=True)
+        ),
+    )

@@ -17,7 +17,7 @@ Example (a facade state dict continues in torch, and back)::
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -162,6 +162,79 @@ def load_into_torch(torch_optimizer: Any, state_dict: dict) -> None:
       >>> fo.interop.load_into_torch(torch_opt, opt.state_dict())
     """
     torch_optimizer.load_state_dict(to_torch(renumbered(state_dict, torch_optimizer)))
+
+
+# --- tied weights ---------------------------------------------------------------------
+
+
+def tied_names(model: Any) -> dict[str, str]:
+    """The tied weights of a torch module: each further name under which it
+    reaches a param, mapped to the name ``model.named_parameters()`` lists it by.
+
+    torch lists a tied param once in ``named_parameters()`` (nanoGPT's
+    ``lm_head.weight``, tied to ``transformer.wte.weight``, is not there), which
+    is how an optimizer sees it; ``model.state_dict()`` has a key for every name,
+    and its strict ``load_state_dict`` wants them all. Pass the result to
+    :func:`with_tied` to write params for it.
+
+    Args:
+      model: a ``torch.nn.Module`` (read through ``named_parameters``; torch is
+        not imported here).
+
+    Returns:
+      ``{alias: listed name}``, in ``model.state_dict()``'s order; ``{}`` for a
+      model without tied weights.
+
+    Example:
+      >>> fo.interop.tied_names(model)       # w and b are not tied
+      {}
+    """
+    listed: dict[int, str] = {}
+    tied = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in listed:
+            tied[name] = listed[id(param)]
+        else:
+            listed[id(param)] = name
+    return tied
+
+
+def with_tied(params: Mapping[str, Any], tied: Mapping[str, str]) -> dict[str, Any]:
+    """``params`` (by torch's names, each param once, as
+    ``model.named_parameters()`` lists them) with a key for each tied alias too,
+    holding its param's array: what torch's strict ``model.load_state_dict``
+    takes (with the model's buffers, if it has any).
+
+    Args:
+      params: name -> array, such as a facade's ``opt.params`` built from
+        ``fo.interop.to_jax(dict(model.named_parameters()))``.
+      tied: alias -> listed name, from :func:`tied_names` (or written out, such as
+        ``{"lm_head.weight": "transformer.wte.weight"}``).
+
+    Returns:
+      A new dict: ``params``, then the aliases.
+
+    Raises:
+      ValueError: an alias already in ``params``, or one tied to a name it lacks.
+
+    Example:
+      >>> w = params["w"]
+      >>> tied = {"lm_head.weight": "wte.weight"}
+      >>> state = fo.interop.with_tied({"wte.weight": w}, tied)
+      >>> state["lm_head.weight"] is w
+      True
+      >>> state = fo.interop.with_tied(opt.params, fo.interop.tied_names(model))
+      >>> model.load_state_dict(fo.interop.to_torch(state))
+      <All keys matched successfully>
+    """
+    clashing = [alias for alias in tied if alias in params]
+    missing = sorted({name for name in tied.values() if name not in params})
+    if clashing or missing:
+        raise ValueError(
+            f"tied aliases already in the params: {clashing}; tied to params not in "
+            f"them: {missing} (params: {list(params)})"
+        )
+    return {**params, **{alias: params[name] for alias, name in tied.items()}}
 
 
 # --- torch's parameter order, given by name -------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -104,6 +105,63 @@ class Structure:
         if self.pairs and self.names is not None:
             return f"[{self.names[i]!r}]"
         return jax.tree_util.keystr(self.paths[i])
+
+
+@dataclasses.dataclass(frozen=True)
+class CarvedTree:
+    """Where the params of groups carved from one tree
+    (:func:`functorch_optim.carve_groups`) sit in that tree, which the optimizer's
+    params, grads and closures then are.
+
+    Attributes:
+      structure: the tree's.
+      places: each of the tree's params, in the tree's given order, as
+        ``(group, position in the group)``.
+    """
+
+    structure: Structure
+    places: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, tree: Any, groups: Sequence[Sequence[str]]) -> CarvedTree:
+        """The tree's layout, given each group's param names (in the tree's
+        given order, as :func:`functorch_optim.carve_groups` lists them)."""
+        structure, _ = Structure.of(tree, None)
+        place = {
+            name: (g, i)
+            for g, names in enumerate(groups)
+            for i, name in enumerate(names)
+        }
+        return cls(structure, tuple(place[path_name(p)] for p in structure.paths))
+
+    def join(self, per_group: list[list]) -> Any:
+        """The tree holding each group's leaves (in the optimizer's order)."""
+        return self.structure.unflatten([per_group[g][i] for g, i in self.places])
+
+    def split(self, tree: Any, what: str, sizes: Sequence[int]) -> list[list]:
+        """Each group's leaves (``sizes`` of them) of ``tree``, shaped like the
+        params tree; ValueError where the structure differs. ``what`` names
+        ``tree`` in the message."""
+        try:
+            leaves = self.structure.flatten(tree)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"{what} must have the structure of the params tree "
+                f"{self.structure.treedef}: {e}"
+            ) from e
+        per_group: list[list] = [[None] * n for n in sizes]
+        for (g, i), leaf in zip(self.places, leaves, strict=True):
+            per_group[g][i] = leaf
+        return per_group
+
+    def describe(self, g: int, i: int) -> str:
+        """Param ``i`` of group ``g``'s place in the tree (``['fc']['w']``)."""
+        return jax.tree_util.keystr(self.structure.paths[self.places.index((g, i))])
+
+    def __hash__(self) -> int:
+        # the structure's list of names makes it unhashable; equal structures have
+        # equal treedefs
+        return hash((self.structure.treedef, self.places))
 
 
 def new_state(algorithm: Algorithm, param: jax.Array, options: Options) -> dict:
@@ -327,8 +385,11 @@ class Group:
 
     def leaves_of(self, tree: Any, what: str, g: int) -> list:
         """The leaves of ``tree``, shaped like the group's params, in the
-        optimizer's order; ValueError where the structure (or a name) differs.
-        ``g`` is the group's index (for messages)."""
+        optimizer's order (None for each, where ``tree`` is None); ValueError
+        where the structure (or a name) differs. ``g`` is the group's index (for
+        messages)."""
+        if tree is None:
+            return [None] * len(self.params)
         structure = self.structure
         if (
             structure.pairs

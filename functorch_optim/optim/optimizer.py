@@ -63,12 +63,13 @@ import jax.numpy as jnp
 
 from ..checks import check_param_dtypes
 from ..core import is_bcoo
+from ..grouping import CarvedGroups
 from ..nonfinite import all_finite
 from ..rule import Algorithm, Options, check_scalar_lr
 from ..runner import init_leaf
 from . import compiled_step
 from . import state_dict as state_dict_format
-from .group import Group, Structure, new_state
+from .group import CarvedTree, Group, Structure, new_state
 from .hooks import Hooks, with_step_hooks
 from .inputs import (
     check_not_traced,
@@ -109,15 +110,20 @@ class ParamsAsGiven:
 
     structures: tuple[Structure, ...]
     per_group: bool  # a list with one entry per group, else the one group's
+    carved: CarvedTree | None = None  # groups carved from one tree: that tree
 
     def __call__(self, leaves: list[list]) -> Any:
+        if self.carved is not None:
+            return self.carved.join(leaves)
         trees = [s.unflatten(ls) for s, ls in zip(self.structures, leaves, strict=True)]
         return trees if self.per_group else trees[0]
 
     def __hash__(self) -> int:
         # the structures' lists of names make them unhashable; equal structures
         # have equal treedefs
-        return hash((tuple(s.treedef for s in self.structures), self.per_group))
+        return hash(
+            (tuple(s.treedef for s in self.structures), self.per_group, self.carved)
+        )
 
 
 class Optimizer(Hooks):
@@ -132,8 +138,10 @@ class Optimizer(Hooks):
 
     Args:
       params: a pytree of arrays (dict/list/tuple/registered dataclass), a list of
-        ``(name, array)`` pairs, or a list of group dicts ``{'params': <pytree or
-        pairs>, <option>: value, ...}``.
+        ``(name, array)`` pairs, a list of group dicts ``{'params': <pytree or
+        pairs>, <option>: value, ...}``, or groups carved from one tree
+        (:func:`~functorch_optim.carve_groups`), whose params, grads and
+        closures are then that one tree.
       defaults: the validated constructor options, filled into every group.
     """
 
@@ -178,10 +186,15 @@ class Optimizer(Hooks):
                 "Tensors or dicts, but got " + typename(params)
             )
         self._groups: list[Group] = []
+        # groups carved from one tree: the tree's layout, set once they are added
+        self._carved: CarvedTree | None = None
         if isinstance(params, Iterator):
             params = list(params)
-        self._given_as_groups = is_group_list(params)
-        if self._given_as_groups:
+        carved = isinstance(params, CarvedGroups)
+        self._given_as_groups = carved or is_group_list(params)
+        if carved:
+            self._add_carved_groups(params)
+        elif self._given_as_groups:
             for group in params:
                 self.add_param_group(group)
         else:
@@ -219,7 +232,24 @@ class Optimizer(Hooks):
 
     @_serialized
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, filling missing options from ``defaults`` (torch's checks)."""
+        """Add a group, filling missing options from ``defaults`` (torch's checks).
+
+        Raises:
+          ValueError: the groups were carved from one tree
+            (:func:`~functorch_optim.carve_groups`): the params are that tree,
+            and an added group's params would not be in it.
+        """
+        if self._carved is not None:
+            # torch adds groups to train frozen layers later; here those are
+            # carved at construction and given no grads (None) until then: a
+            # param without a grad is not stepped and gets no state, as in torch
+            raise ValueError(
+                "add_param_group: this optimizer's groups were carved from one "
+                "params tree (fo.carve_groups), which its params, grads and "
+                "closures are, and an added group would not be in it. Carve every "
+                "group from the tree at construction; a param whose grad is None "
+                "is not stepped and gets no state, as a frozen param in torch"
+            )
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
         given = param_group["params"]
@@ -242,7 +272,24 @@ class Optimizer(Hooks):
             given = [p for _, p in given]
             for name, p in zip(pair_names, given):
                 check_param(p, f"the param {name!r}")
-        structure, originals = Structure.of(given, pair_names)
+        self._add_group(param_group, *Structure.of(given, pair_names))
+
+    def _add_carved_groups(self, carved: CarvedGroups) -> None:
+        """The constructor's groups, carved from one tree (:attr:`params` is that
+        tree from now on)."""
+        names = [[name for name, _ in group["params"]] for group in carved.groups]
+        for param_group, group_names in zip(carved.groups, names, strict=True):
+            # named even when empty (torch names no empty group), so that every
+            # carved group has param_names
+            leaves = [p for _, p in param_group["params"]]
+            self._add_group(param_group, *Structure.of(leaves, group_names))
+        self._carved = CarvedTree.of(carved.params, names)
+
+    def _add_group(
+        self, param_group: dict[str, Any], structure: Structure, originals: list
+    ) -> None:
+        """:meth:`add_param_group` for params read as ``structure`` and
+        ``originals`` (its leaves, in the optimizer's order)."""
         what = (
             f"param_groups[{len(self._groups)}]['params']"
             if self._given_as_groups or self._groups
@@ -330,6 +377,7 @@ class Optimizer(Hooks):
         return ParamsAsGiven(
             tuple(group.structure for group in self._groups),
             self._given_as_groups or len(self._groups) > 1,
+            self._carved,
         )
 
     @property
@@ -376,7 +424,8 @@ class Optimizer(Hooks):
 
         One pytree (or list of ``(name, array)`` pairs) when constructed from one;
         a list with one entry per group for group dicts or after
-        :meth:`add_param_group`.
+        :meth:`add_param_group`; the whole tree for groups carved from one
+        (:func:`~functorch_optim.carve_groups`).
         """
         return self.closure_params()([list(group.params) for group in self._groups])
 
@@ -391,8 +440,7 @@ class Optimizer(Hooks):
         checked before anything changes.
         """
         new = []
-        for g, tree in enumerate(self._per_group(params, "params")):
-            leaves = self._groups[g].leaves_of(tree, "params", g)
+        for g, leaves in enumerate(self._split(params, "params")):
             for i, (old, leaf) in enumerate(
                 zip(self._groups[g].params, leaves, strict=True)
             ):
@@ -446,22 +494,42 @@ class Optimizer(Hooks):
                 None if g is None or set_to_none else zeros_like(g) for g in group.grads
             ]
 
+    def _split(self, tree: Any, what: str) -> list[list]:
+        """``tree`` (shaped like :attr:`params`) as each group's leaves, in the
+        optimizer's order; ValueError where its structure differs."""
+        if self._carved is not None:
+            sizes = [len(group.params) for group in self._groups]
+            return self._carved.split(tree, what, sizes)
+        return [
+            group.leaves_of(group_tree, what, g)
+            for g, (group, group_tree) in enumerate(
+                zip(self._groups, self._per_group(tree, what), strict=True)
+            )
+        ]
+
     def _per_group(self, tree: Any, what: str) -> list:
         """``tree`` (shaped like :attr:`params`) as one entry per group."""
-        per_group = (
-            [tree]
-            if not (self._given_as_groups or len(self._groups) > 1)
-            else list(tree)
-        )
-        if len(per_group) != len(self._groups):
-            raise ValueError(
-                f"{what} has {len(per_group)} groups, the optimizer has "
-                f"{len(self._groups)}"
+        if not (self._given_as_groups or len(self._groups) > 1):
+            return [tree]
+        if not isinstance(tree, (list, tuple)) or len(tree) != len(self._groups):
+            given = (
+                f"a list of {len(tree)} trees"
+                if isinstance(tree, (list, tuple))
+                else f"a {typename(tree)}"
             )
-        return per_group
+            # the usual cause: a model's whole grads for groups split from it
+            raise ValueError(
+                f"{what} is {given}, the optimizer has {len(self._groups)} groups: "
+                f"{what} are shaped like opt.params, a list with one tree per group "
+                "(for groups over one model tree, build the optimizer from "
+                "fo.carve_groups)"
+            )
+        return list(tree)
 
     def _where(self, g: int, i: int, what: str) -> str:
         """Param ``i`` of group ``g`` in a tree shaped like :attr:`params`."""
+        if self._carved is not None:
+            return what + self._carved.describe(g, i)
         prefix = f"{what}[{g}]" if len(self._groups) > 1 else what
         return prefix + self._groups[g].structure.describe(i)
 
@@ -469,15 +537,14 @@ class Optimizer(Hooks):
         if grads is None:
             return [[None] * len(group.params) for group in self._groups]
         return [
-            self._flatten_group_grads(g, group_grads)
-            for g, group_grads in enumerate(self._per_group(grads, "grads"))
+            self._checked_grads(g, leaves)
+            for g, leaves in enumerate(self._split(grads, "grads"))
         ]
 
-    def _flatten_group_grads(self, g: int, grads: Any) -> list:
+    def _checked_grads(self, g: int, leaves: list) -> list:
+        """Group ``g``'s grads ``leaves``, checked (and cast) as torch assigns
+        ``.grad``."""
         params = self._groups[g].params
-        if grads is None:
-            return [None] * len(params)
-        leaves = self._groups[g].leaves_of(grads, "grads", g)
         return [
             grad
             if grad is None or matches(grad, p)  # the common case, checked fast
