@@ -28,15 +28,39 @@ def is_optimizable(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.inexact)
 
 
+def holds_state(leaf: Any) -> bool:
+    """Whether a leaf of a params tree is a parameter: an array (also abstract: a
+    ``ShapeDtypeStruct``, a tracer) or a Python float or complex, as ``jax.grad``
+    takes them. Other leaves (functions, Python ints and objects, None: a model's
+    activation, its sizes, equinox's filtered-out leaves) keep no state and get
+    None updates."""
+    return (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) or isinstance(
+        leaf, (float, complex)
+    )
+
+
+def flatten_params(params: Any) -> tuple[list, Any]:
+    """The leaves of ``params`` and its treedef, None leaves included (a None
+    param, equinox's filtered-out leaf, is a leaf without state, so that its
+    state and update, None, sit at a leaf of the same structure)."""
+    return jax.tree.flatten(params, is_leaf=is_none)
+
+
+def is_none(x: Any) -> bool:
+    return x is None
+
+
 def check_param_dtypes(params: Any, what: str = "params") -> None:
-    """Raise TypeError naming the first leaf of ``params`` that is not floating
-    point or complex.
+    """Raise TypeError naming the first parameter of ``params`` (see
+    :func:`holds_state`) that is not floating point or complex.
 
     Args:
       params: a pytree of arrays (or ``ShapeDtypeStruct``).
       what: how the message names the tree (``params`` reads ``params['w']``).
     """
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not holds_state(leaf):
+            continue
         dtype = leaf_dtype(leaf)
         if not is_optimizable(dtype):
             raise TypeError(
@@ -56,7 +80,7 @@ def check_grads(
       names: each leaf's name in messages (``grads['w']``).
     """
     for param, grad, name in zip(params, grads, names, strict=True):
-        if grad is None:
+        if grad is None or not holds_state(param):
             continue
         shape, expected = _shape(grad), _shape(param)
         if shape != expected:
@@ -80,8 +104,8 @@ def _shape(leaf: Any) -> tuple:
     return tuple(jnp.shape(leaf) if shape is None else shape)
 
 
-def leaf_names(tree: Any, what: str) -> list[str]:
-    """``what`` followed by each leaf's path, in flattening order."""
-    return [
-        what + keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
-    ]
+def leaf_names(tree: Any, what: str, is_leaf: Any = None) -> list[str]:
+    """``what`` followed by each leaf's path, in flattening order (with
+    ``is_leaf=is_none``, that of :func:`flatten_params`)."""
+    paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+    return [what + keystr(path) for path, _ in paths]

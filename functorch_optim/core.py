@@ -46,8 +46,9 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """Return ``params + updates`` leaf by leaf, keeping each parameter's dtype.
 
     Args:
-      params: a pytree of arrays.
-      updates: a pytree of the same structure (``None`` leaves are left alone).
+      params: a pytree of arrays (``None`` leaves are left alone).
+      updates: a pytree of the same structure; a ``None`` update (a leaf without a
+        gradient, or not an array) leaves its parameter as it is.
 
     Returns:
       The updated parameters. For this library's optimizers this equals the
@@ -59,8 +60,8 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """
 
     def add(p, u):
-        if p is None:
-            return None
+        if p is None or u is None:
+            return p
         return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)

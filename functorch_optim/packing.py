@@ -39,7 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checks import check_param_dtypes, leaf_names
+from .checks import (
+    check_param_dtypes,
+    flatten_params,
+    holds_state,
+    is_none,
+    leaf_names,
+)
 from .core import GradientTransformation, is_concrete
 from .functional import AlgorithmUpdate, params_or_zeros
 from .rule import Options
@@ -330,7 +336,8 @@ class PackedState(NamedTuple):
       offsets: each pack's leaf offsets into its flat buffers (int32 scalars,
         carried as data so that the compiled step slices at runtime offsets).
       leaves: the array entries of each leaf stepped alone, None for packed
-        leaves; in the params' leaf order.
+        leaves and leaves that are not parameters; in the params' leaf order
+        (:func:`~functorch_optim.checks.flatten_params`).
       layout: each pack's leaf positions.
     """
 
@@ -353,7 +360,9 @@ def packed(tx: Any) -> Any:
     in a fraction of the time. For trees of many small leaves. ``init`` needs
     concrete params (it reads their devices; traced, as under ``jit`` or ``vmap``,
     every leaf stays alone, so for a batch of models call ``init`` under the same
-    ``vmap`` as ``update``); every packed leaf needs a gradient at every step.
+    ``vmap`` as ``update``); every packed leaf needs a gradient at every step
+    (a leaf stepped alone may have None, as with ``tx``, and leaves that are not
+    arrays keep no state).
 
     Example::
 
@@ -377,7 +386,7 @@ def packed(tx: Any) -> Any:
 
     def init(params):
         check_param_dtypes(params)
-        leaves = jax.tree.leaves(params)
+        leaves = flatten_params(params)[0]
         init = partial(init_leaf, algorithm, options=options)
         groups = plan(leaves, leaves, state_templates(init, leaves))
         in_pack = {i for group in groups for i in group}
@@ -391,7 +400,8 @@ def packed(tx: Any) -> Any:
             packs=[arrays(p.state) for p in new_packs],
             offsets=[p.offsets for p in new_packs],
             leaves=[
-                None if i in in_pack else arrays(init(p)) for i, p in enumerate(leaves)
+                None if i in in_pack or not holds_state(p) else arrays(init(p))
+                for i, p in enumerate(leaves)
             ],
             layout=PackLayout(tuple(p.indices for p in new_packs)),
         )
@@ -411,10 +421,12 @@ def packed(tx: Any) -> Any:
             for i in indices:
                 grad = grad_leaves[i]
                 if grad is None or grad.dtype != leaves[i].dtype:
+                    # without params, a None gradient's param is None too
+                    dtype = getattr(leaves[i], "dtype", "")
                     raise TypeError(
-                        f"{leaf_names(params, 'grads')[i]} is "
+                        f"{leaf_names(params, 'grads', is_leaf=is_none)[i]} is "
                         f"{'None' if grad is None else grad.dtype}: a "
-                        f"packed leaf needs a gradient of its dtype {leaves[i].dtype} "
+                        f"packed leaf needs a gradient of its dtype {dtype} "
                         "at every step"
                     )
             flat_param = _flat([leaves[i] for i in indices])
@@ -434,7 +446,7 @@ def packed(tx: Any) -> Any:
             new_packs.append(pack_state)
         leaf_states = list(state.leaves)
         for i, leaf_state in enumerate(state.leaves):
-            if leaf_state is not None:
+            if leaf_state is not None and grad_leaves[i] is not None:
                 updates[i], leaf_states[i] = run_rule(
                     algorithm,
                     leaves[i],

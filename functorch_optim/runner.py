@@ -27,11 +27,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .checks import check_grads, check_param_dtypes, leaf_names
+from .checks import (
+    check_grads,
+    check_param_dtypes,
+    flatten_params,
+    holds_state,
+    is_none,
+    leaf_names,
+)
 from .core import is_bcoo, is_concrete, updates_between
 from .kernels import Increment, cast, opmath_dtype, to_complex, to_real
 from .rule import Algorithm, Options
-from .sharding import explicit_as_auto, place, place_like
+from .sharding import (
+    explicit_as_auto,
+    place,
+    place_like,
+    place_state,
+    sharded_apart,
+)
 
 STEP = "step"
 
@@ -131,7 +144,7 @@ def _rule(
             new_p = new_p.applied()
         return new_p, new_s
 
-    if not algorithm.elementwise:
+    if not algorithm.elementwise or sharded_apart(run_param, run_state):
         rule = explicit_as_auto(rule, run_param, run_state)
     result, new_state = rule(run_param, run_grad, run_state, values)
     is_update = bool(gives_update)
@@ -147,7 +160,7 @@ def _rule(
     result = place(_cast_like(result, param), param)
     if as_update and not is_update:
         result = updates_between(result, param)
-    return result, place_like(new_state, param)
+    return result, place_state(new_state, state, param)
 
 
 def _is_update(step: Increment, param: Any) -> bool:
@@ -277,27 +290,59 @@ def array_names(algorithm: Algorithm) -> tuple[str, ...]:
     return tuple(f for f in fields if f not in algorithm.scalar_names)
 
 
-def _entry(values: list[Any], treedef) -> Any:
-    """Per-leaf values as one tree shaped like the params; None where no leaf has
-    one (an empty tree stays the empty tree, so every state of it has one shape)."""
-    if values and all(v is None for v in values):
-        return None
-    return jax.tree.unflatten(treedef, values)
-
-
 def init_tree(algorithm: Algorithm, params: Any, options: Options) -> Any:
     """The functional state (``algorithm.state_type``) of ``params`` before the
-    first step."""
+    first step.
+
+    An array entry is a tree shaped like the params, None at each leaf without
+    one (a leaf that is not a parameter, see
+    :func:`~functorch_optim.checks.holds_state`, or one torch creates none for:
+    Adafactor's entries go by rank); the whole entry is None where no leaf has
+    one.
+    A tree without parameters (empty, or optax's placeholder, which
+    ``optax.tree_utils.tree_map_params`` inits) has the entries that these
+    options create for some leaf, so its state has the structure of every
+    other's.
+    """
     check_param_dtypes(params)
-    leaves, treedef = jax.tree.flatten(params)
+    leaves, treedef = flatten_params(params)
     zero = jnp.zeros((), jnp.int32)
     options = evaluate_schedules(options, zero)
-    per_leaf = [place_like(algorithm.init(p, options), p) for p in leaves]
+    names = array_names(algorithm)
+    per_leaf = [
+        place_like(algorithm.init(p, options), p)
+        if holds_state(p)
+        else dict.fromkeys(names)
+        for p in leaves
+    ]
+    if any(holds_state(p) for p in leaves):
+        created = {name for s in per_leaf for name, v in s.items() if v is not None}
+    else:
+        created = _created_for_some_leaf(algorithm, options)
     arrays = {
-        name: _entry([s[name] for s in per_leaf], treedef)
-        for name in array_names(algorithm)
+        name: jax.tree.unflatten(treedef, [s[name] for s in per_leaf])
+        if name in created
+        else None
+        for name in names
     }
     return algorithm.state_type(count=zero, **algorithm.init_scalars(options), **arrays)
+
+
+# Leaves that tell every entry an algorithm creates: Adafactor's depend on the rank.
+_PROBES = tuple(jax.ShapeDtypeStruct((1,) * ndim, jnp.float32) for ndim in range(3))
+
+
+def _created_for_some_leaf(algorithm: Algorithm, options: Options) -> set[str]:
+    """The array entries ``algorithm.init`` creates with ``options`` for a leaf of
+    some rank (traced only)."""
+    created = set()
+    for probe in _PROBES:
+        try:
+            state = jax.eval_shape(lambda p: algorithm.init(p, options), probe)
+        except ValueError:  # a rank it rejects (Muon: matrices only)
+            continue
+        created |= {name for name, v in state.items() if v is not None}
+    return created
 
 
 def step_tree(
@@ -310,7 +355,13 @@ def step_tree(
 ) -> tuple[Any, Any]:
     """Step every leaf of ``params`` from the functional ``state``; returns the new
     params (with ``as_updates``, the updates to them, see :func:`run_rule`) and
-    the new state."""
+    the new state.
+
+    A leaf without a gradient (None: a frozen layer) or that is not a parameter
+    (see :func:`~functorch_optim.checks.holds_state`) is not stepped: its update
+    is None, its state stays as it is. The count and the scalar entries advance
+    (one for the whole tree).
+    """
     leaves, grad_leaves, treedef = checked_leaves(params, grads)
     grad_leaves = [taken_grad(algorithm, g, options) for g in grad_leaves]
     names = array_names(algorithm)
@@ -322,31 +373,35 @@ def step_tree(
     }
     scalars = {k: getattr(state, k) for k in algorithm.scalar_names}
     step_options, new_scalars = step_scalars(algorithm, state.count, scalars, options)
-    results = [
-        run_rule(
-            algorithm,
-            p,
-            g,
-            {name: columns[name][i] for name in names},
-            step_options,
-            as_updates,
-        )
-        for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True))
-    ]
+    results = []
+    for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True)):
+        leaf_state = {name: columns[name][i] for name in names}
+        if g is None or not holds_state(p):
+            results.append((None if as_updates else p, leaf_state))
+        else:
+            results.append(
+                run_rule(algorithm, p, g, leaf_state, step_options, as_updates)
+            )
     new_state = algorithm.state_type(
         count=state.count + 1,
         **new_scalars,
-        **{name: _entry([r[1][name] for r in results], treedef) for name in names},
+        **{
+            name: None
+            if getattr(state, name) is None
+            else jax.tree.unflatten(treedef, [r[1][name] for r in results])
+            for name in names
+        },
     )
     return jax.tree.unflatten(treedef, [r[0] for r in results]), new_state
 
 
 def checked_leaves(params: Any, grads: Any) -> tuple[list, list, Any]:
-    """The leaves of ``params`` and of ``grads`` (same structure, shapes and
-    compatible dtypes, else torch-style errors), and the params' treedef."""
-    leaves, treedef = jax.tree.flatten(params)
+    """The leaves of ``params`` (:func:`~functorch_optim.checks.flatten_params`)
+    and of ``grads`` (same structure, shapes and compatible dtypes, else
+    torch-style errors; None leaves allowed), and the params' treedef."""
+    leaves, treedef = flatten_params(params)
     grad_leaves = _flatten_like(grads, treedef, "grads")
-    check_grads(leaves, grad_leaves, leaf_names(params, "grads"))
+    check_grads(leaves, grad_leaves, leaf_names(params, "grads", is_leaf=is_none))
     return leaves, grad_leaves, treedef
 
 

@@ -19,6 +19,10 @@ Where the sharding is known:
     With auto axes JAX itself carries no sharding through tracing (``eval_shape`` of
     the identity reports none); ``jax.jit(tx.init, out_shardings=...)`` or an eager
     ``tx.init`` on sharded arrays places the state there.
+
+That is where a fresh state starts. A step keeps each entry where it is
+(:func:`place_state`), so a state the user resharded otherwise (flax's "sharding
+optimization state differently") stays so, as optax's does.
 """
 
 from __future__ import annotations
@@ -82,13 +86,48 @@ def place_like(state: dict, param: Any) -> dict:
     return {k: place(v, param) for k, v in state.items()}
 
 
+def place_state(state: dict, old: dict, param: Any) -> dict:
+    """A leaf's new state placed where its old one is: an entry keeps the sharding
+    it has (set by the user, as optax's states keep theirs; the parameter's
+    sharding is where a fresh state starts, not an override), and an entry
+    without an old array of its shape gets its parameter's (:func:`place`)."""
+    return {k: _place_as(v, old.get(k), param) for k, v in state.items()}
+
+
+def _place_as(value: Any, old: Any, param: Any) -> Any:
+    if value is None or getattr(old, "shape", None) != getattr(value, "shape", ()):
+        return place(value, param)
+    if is_concrete(old):
+        if (
+            isinstance(old, jax.Array)
+            and isinstance(value, jax.Array)
+            and is_concrete(value)
+            and not value.sharding.is_equivalent_to(old.sharding, value.ndim)
+        ):
+            return jax.device_put(value, old.sharding)
+        return value
+    sharding = explicit_sharding(old)
+    if sharding is None or jax.typeof(value).sharding == sharding:
+        return value
+    return jax.sharding.reshard(value, sharding)
+
+
+def explicit_sharding(x: Any) -> NamedSharding | None:
+    """``x``'s sharding where its type carries it (a mesh with explicit axes, also
+    under tracing), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(sharding, NamedSharding) and getattr(
+        sharding.mesh, "_any_axis_explicit", False
+    ):
+        return sharding
+    return None
+
+
 def _reshard_traced(value: Any, param: Any) -> Any:
     """Under tracing only explicit mesh axes are in the types: reshard to the
     derived sharding there (entries of the parameter's shape already follow it)."""
-    param_sharding = getattr(jax.typeof(param), "sharding", None)
-    if not isinstance(param_sharding, NamedSharding) or not getattr(
-        param_sharding.mesh, "_any_axis_explicit", False
-    ):
+    param_sharding = explicit_sharding(param)
+    if param_sharding is None:
         return value
     target = derived_sharding(param_sharding, param.shape, value.shape)
     if target is None or jax.typeof(value).sharding == target:
@@ -123,25 +162,38 @@ def constrain(value: Any, sharding: Any, param_shape: tuple) -> Any:
     return jax.lax.with_sharding_constraint(value, target)
 
 
+def sharded_apart(param: Any, state: dict) -> bool:
+    """Whether an entry of ``state`` has ``param``'s shape but another sharding in
+    its type (a state the user placed otherwise, see :func:`place_state`):
+    explicit mode refuses some elementwise ops on such operands (a select)."""
+    sharding = explicit_sharding(param)
+    return sharding is not None and any(
+        getattr(v, "shape", None) == param.shape and explicit_sharding(v) != sharding
+        for v in state.values()
+    )
+
+
 def explicit_as_auto(step: Any, param: Any, state: dict) -> Any:
     """``step(param, grad, state, *rest)`` runnable on explicit-sharding meshes.
 
     A step that is not elementwise (Muon's matrix products, SparseAdam's gathers)
     has intermediates whose sharding explicit mode cannot decide alone; it runs
-    with the mesh axes in auto mode (``jax.sharding.auto_axes``) and returns on the
-    shardings derived from the parameter's. Elsewhere ``step`` is returned as is.
+    with the mesh axes in auto mode (``jax.sharding.auto_axes``) and returns the
+    parameter on its sharding, each state entry on its own (see
+    :func:`place_state`). Elsewhere ``step`` is returned as is.
     """
-    sharding = getattr(jax.typeof(param), "sharding", None)
-    if not isinstance(sharding, NamedSharding) or not getattr(
-        sharding.mesh, "_any_axis_explicit", False
-    ):
+    sharding = explicit_sharding(param)
+    if sharding is None:
         return step
 
-    def spec(shape):
-        return derived_sharding(sharding, param.shape, shape).spec
+    def spec(value):
+        own = explicit_sharding(value)
+        if own is not None:
+            return own.spec
+        return derived_sharding(sharding, param.shape, value.shape).spec
 
     out = (
-        spec(param.shape),
-        {k: None if v is None else spec(v.shape) for k, v in state.items()},
+        spec(param),
+        {k: None if v is None else spec(v) for k, v in state.items()},
     )
     return jax.sharding.auto_axes(step, out_sharding=out)

@@ -178,6 +178,18 @@ def test_lbfgs_dot_products(results):
     _assert_ok(results, "lbfgs/strong_wolfe")
 
 
+def test_lbfgs_on_an_explicit_mesh(results):
+    _assert_ok(results, "lbfgs_explicit/strong_wolfe")
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "adafactor"])
+def test_a_state_sharding_set_by_the_user_is_kept(results, name):
+    """flax's cookbook "Sharding Optimization State Differently" (see
+    sharding_checks.check_state_sharding_kept); Adafactor's factors are not
+    params-shaped."""
+    _assert_ok(results, f"state_sharding_kept/{name}")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,16 +10,19 @@ buffers of ``history_size`` rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec
 
+from ..checks import flatten_params, holds_state, is_none, leaf_names
 from ..kernels import to_complex, to_real
 from ..rule import Options
+from ..sharding import explicit_sharding
 from .line_search import abs_max, strong_wolfe
 
 Array = jax.Array
@@ -34,33 +37,92 @@ _CURVATURE_EPS = 1e-10
 
 
 def flatten(params: Any) -> tuple[Array, Callable[[Array], Any]]:
-    """A pytree as one real vector (complex leaves as ``view_as_real``), and back.
+    """The parameters of a pytree (its array leaves, see
+    :func:`~functorch_optim.checks.holds_state`) as one real vector, complex leaves
+    as ``view_as_real``, and back; the other leaves (a model's functions, None)
+    ride along unchanged.
 
     The vector's dtype is the leaves' common real dtype, as ``torch.cat`` of torch's
-    flattened views.
+    flattened views. On an explicit-sharding mesh the vector is replicated (its
+    dot products need every element) and ``unflatten`` puts each leaf back on its
+    own sharding.
     """
-    flat, unravel_real = ravel_pytree(jax.tree.map(to_real, params))
+    leaves, treedef = flatten_params(params)
+    positions = [i for i, leaf in enumerate(leaves) if holds_state(leaf)]
+    real: list[Any] = [to_real(jnp.asarray(leaves[i])) for i in positions]
+    flat = _concatenate(real, flat_struct(params).dtype)
 
     def unflatten(vector: Array) -> Any:
-        return jax.tree.map(to_complex, unravel_real(vector), params)
+        out = list(leaves)
+        offset = 0
+        for i, r in zip(positions, real, strict=True):
+            piece = vector[offset : offset + r.size].reshape(r.shape).astype(r.dtype)
+            offset += r.size
+            out[i] = _placed_like(to_complex(piece, leaves[i]), leaves[i])
+        return jax.tree.unflatten(treedef, out)
 
     return flat, unflatten
 
 
-def flatten_grads(grads: Any) -> Array:
-    """torch's flat gradient from JAX gradients.
+def flat_struct(params: Any) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of :func:`flatten`'s vector, also for abstract params
+    (``jax.ShapeDtypeStruct`` leaves)."""
+    shapes = [
+        (math.prod(leaf.shape) * (2 if jnp.iscomplexobj(leaf) else 1), leaf.dtype)
+        for leaf in flatten_params(params)[0]
+        if holds_state(leaf)
+    ]
+    # a complex dtype's finfo is its real part's
+    dtypes = [jnp.finfo(dtype).dtype for _, dtype in shapes]
+    dtype = jnp.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+    return jax.ShapeDtypeStruct((sum(size for size, _ in shapes),), dtype)
 
-    For a complex leaf JAX's gradient of a real function is the conjugate of torch's
-    (``df/dx - i df/dy``); torch's ``view_as_real`` gradient is ``(df/dx, df/dy)``.
-    """
-    torch_grads = jax.tree.map(
-        lambda g: jnp.conj(g) if jnp.iscomplexobj(g) else g, grads
-    )
-    return flatten(torch_grads)[0]
+
+def flatten_grads(grads: Any, params: Any) -> Array:
+    """The flat gradient (:func:`flatten`'s layout) of ``grads``, torch's
+    gradients as every transform takes them (for a complex leaf, the conjugate
+    of JAX's: ``view_as_real`` of it is ``(df/dx, df/dy)``, the gradient of the
+    real vector). Every parameter needs one: the curvature pairs span the whole
+    vector, so a None gradient cannot freeze a part of it."""
+    leaves, treedef = flatten_params(params)
+    grad_leaves = treedef.flatten_up_to(grads)
+    names = leaf_names(params, "grads", is_leaf=is_none)
+    real = []
+    for leaf, grad, name in zip(leaves, grad_leaves, names, strict=True):
+        if not holds_state(leaf):
+            continue
+        if grad is None:
+            raise ValueError(
+                f"{name} is None: lbfgs steps every array of params as one vector; "
+                "leave frozen leaves out of params (None there) and close over "
+                "them in value_fn"
+            )
+        real.append(to_real(jnp.asarray(grad)))
+    return _concatenate(real, flat_struct(params).dtype)
 
 
-def init_state(flat: Array, history_size: int) -> dict:
-    """The state before the first step, for a flat parameter vector ``flat``."""
+def _concatenate(real: list, dtype: Any) -> Array:
+    if not real:
+        return jnp.zeros((0,), dtype)
+    return jnp.concatenate([jnp.ravel(_replicated(r)).astype(dtype) for r in real])
+
+
+def _replicated(x: Array) -> Array:
+    # a reshape of a sharded array has no sharding explicit mode can infer
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
+def _placed_like(x: Any, leaf: Any) -> Any:
+    sharding = explicit_sharding(leaf)
+    return x if sharding is None else jax.sharding.reshard(x, sharding)
+
+
+def init_state(flat: Any, history_size: int) -> dict:
+    """The state before the first step, for a flat parameter vector ``flat`` (an
+    array or a ``jax.ShapeDtypeStruct``: its shape and dtype)."""
     n, dtype = flat.shape[0], flat.dtype
     # a fresh buffer per entry: the facade donates the state, and XLA cannot donate
     # one buffer twice
@@ -304,7 +366,7 @@ def step_flat(
         loss, flat_grad = value_and_grad(flat)
     else:
         loss = value_fn(params) if value is None else value
-        loss, flat_grad = jnp.asarray(loss, dtype), flatten_grads(grads).astype(dtype)
+        loss, flat_grad = jnp.asarray(loss, dtype), flatten_grads(grads, params)
     new_flat, new_state = _lbfgs_step(
         value_and_grad, flat, loss, flat_grad, state, options
     )

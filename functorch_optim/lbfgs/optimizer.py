@@ -19,7 +19,7 @@ from .. import interop
 from ..optim import Optimizer
 from ..rule import Algorithm
 from .compiled_step import compiled_step
-from .iteration import flatten, init_state
+from .iteration import flat_struct, init_state
 from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout
 from .transform import (
     check_line_search,
@@ -125,7 +125,7 @@ class LBFGS(Optimizer):
         leaves = self.param_groups[0]["params"]
         state = self.global_state
         if state is None:
-            state = init_state(flatten(leaves)[0], options.history_size)
+            state = init_state(flat_struct(leaves), options.history_size)
         key, run, captured = compiled_step(
             closure, self.closure_params(), options.line_search_fn, options.history_size
         )
@@ -154,5 +154,5 @@ class LBFGS(Optimizer):
                 f"loaded state has LBFGS state for parameter {pid}: LBFGS keeps its "
                 "state on the first parameter only"
             )
-        like = init_state(flatten(leaves)[0], options.history_size)
+        like = init_state(flat_struct(leaves), options.history_size)
         return from_torch_layout(interop.to_numpy(dict(saved)), like)

@@ -7,13 +7,14 @@ which options are plain values that may be traced.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checks import check_param_dtypes
+from ..checks import check_param_dtypes, flatten_params, holds_state
 from ..core import GradientTransformation, scalar_dtype, updates_between
 from ..rule import Options, check_scalar_lr, require
-from .iteration import flatten, init_state, step_flat
+from .iteration import flat_struct, init_state, step_flat
 
 # Options that are plain values (they decide no shape and no code path): they may be
 # traced, so changing them between steps does not recompile.
@@ -105,8 +106,13 @@ def lbfgs(
     Returns:
       A :class:`~functorch_optim.GradientTransformation` whose
       ``update(grads, state, params, *, value_fn, value=None)`` needs the objective
-      ``value_fn(params) -> scalar loss``. ``grads`` (JAX's gradient at ``params``)
-      and ``value`` may be given to save the first evaluation, or ``grads=None``.
+      ``value_fn(params) -> scalar loss``. ``grads`` (the gradient at ``params``
+      as every transform takes it: torch's, the conjugate of JAX's for a complex
+      leaf) and ``value`` may be given to save the first evaluation, or
+      ``grads=None``. The array leaves of ``params`` are the flattened vector
+      (also abstract ones at ``init``: ``jax.ShapeDtypeStruct``); its other leaves
+      (functions, None) are passed to ``value_fn`` as they are and get None
+      updates.
       The state holds torch's entries (``func_evals``, ``n_iter``, ``d``, ``t``,
       ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``,
       ``prev_loss``, ``al``) over the flattened parameters, the curvature pairs in
@@ -129,7 +135,7 @@ def lbfgs(
 
     def init(params):
         check_param_dtypes(params)
-        return init_state(flatten(params)[0], options.history_size)
+        return init_state(flat_struct(params), options.history_size)
 
     def update(grads, state, params=None, *, value_fn=None, value=None, **extra_args):
         del extra_args
@@ -139,6 +145,11 @@ def lbfgs(
                 "torch's LBFGS re-evaluates the objective"
             )
         new_params, state = step_flat(value_fn, params, state, options, value, grads)
-        return updates_between(new_params, params), state
+        leaves, treedef = flatten_params(params)
+        updates = [
+            updates_between(new, old) if holds_state(old) else None
+            for new, old in zip(treedef.flatten_up_to(new_params), leaves, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, updates), state
 
     return GradientTransformation(init, update)
