@@ -113,22 +113,7 @@ def test_packed_leaves_need_a_gradient_and_the_others_may_have_none(monkeypatch)
 # --- non-array leaves -----------------------------------------------------------------
 
 
-# SparseAdam's own init check (algorithms/sparse_adam.py, check_params) asks every
-# leaf whether it is complex: a function leaf fails there, before the runner.
-NON_ARRAY_CASES = [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            strict=True, reason="sparse_adam.check_params reads every leaf's dtype"
-        ),
-    )
-    if name == "sparse_adam"
-    else name
-    for name in FIRST_ORDER
-]
-
-
-@pytest.mark.parametrize("name", NON_ARRAY_CASES)
+@pytest.mark.parametrize("name", FIRST_ORDER)
 def test_non_array_leaves_keep_no_state(name):
     """A model with an activation function and a Python int among its leaves:
     init keeps no state for them, update (their gradients None) steps the rest."""

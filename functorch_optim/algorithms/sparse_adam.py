@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..checks import holds_state
 from ..core import GradientTransformation, is_bcoo, scalar_dtype
 from ..functional import make_transform
 from ..kernels import add, mul
@@ -209,7 +210,8 @@ def sparse_adam(
     transform = make_transform(SPARSE_ADAM, locals())
 
     def init(params):
-        check_params([jax.tree.leaves(params, is_leaf=is_bcoo)])
+        leaves = jax.tree.leaves(params, is_leaf=is_bcoo)
+        check_params([leaf for leaf in leaves if holds_state(leaf)])
         return transform.init(params)
 
     # wraps: the update carries the transform's algorithm and options
