@@ -9,12 +9,16 @@ that each one has an entry and a docstring.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
 import types
+
+from docutils import nodes
+from sphinx.util.docutils import SphinxDirective
 
 sys.path.insert(0, os.path.abspath(".."))
 
@@ -267,7 +271,41 @@ def drop_type_docstring(app, what, name, obj, options, lines) -> None:
         lines.clear()
 
 
+def recipe_section(text: str, name: str) -> list[str]:
+    """The lines between ``# [name]`` and ``# [/name]`` of a recipe's source."""
+    start, end = f"# [{name}]\n", f"# [/{name}]\n"
+    if start not in text or end not in text:
+        raise ValueError(f"no section [{name}]")
+    return text.split(start, 1)[1].split(end, 1)[0].splitlines()
+
+
+class RecipeDiff(SphinxDirective):
+    """``.. recipe-diff:: recipes/nanogpt.py torch facade``: the lines a port
+    changes, as a diff of two sections of a recipe (docs/recipes), so the page
+    shows the code tests/test_recipes.py runs."""
+
+    required_arguments = 3
+
+    def run(self) -> list[nodes.Node]:
+        path, old, new = self.arguments
+        relative, filename = self.env.relfn2path(path)
+        self.env.note_dependency(relative)
+        with open(filename) as f:
+            text = f.read()
+        try:
+            before, after = recipe_section(text, old), recipe_section(text, new)
+        except ValueError as error:
+            raise self.error(f"{path}: {error}") from None
+        diff = "\n".join(
+            list(difflib.unified_diff(before, after, lineterm="", n=1))[2:]
+        )
+        block = nodes.literal_block(diff, diff, language="diff")
+        self.set_source_info(block)
+        return [block]
+
+
 def setup(app):
+    app.add_directive("recipe-diff", RecipeDiff)
     app.connect("builder-inited", write_api_pages)
     app.connect("autodoc-process-docstring", drop_type_docstring)
     app.connect("env-updated", check_coverage)
