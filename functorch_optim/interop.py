@@ -237,6 +237,66 @@ def with_tied(params: Mapping[str, Any], tied: Mapping[str, str]) -> dict[str, A
     return {**params, **{alias: params[name] for alias, name in tied.items()}}
 
 
+# --- schedules ---------------------------------------------------------------------
+
+
+def torch_scheduler_state_dict(schedules: Any, count: Any) -> dict:
+    """The ``state_dict()`` of the torch scheduler that matches functional
+    schedules, after ``count`` optimizer steps: one schedule, or one per param
+    group of a :func:`~functorch_optim.with_param_groups` transform (in the
+    groups' order; the same scheduler and options, each from its group's lr).
+
+    torch keeps one entry per group in ``base_lrs``, ``_last_lr`` (and LambdaLR's
+    ``lr_lambdas``), so a scheduler over several groups needs them all: it would
+    fail at its next ``step()`` on the state of one.
+
+    Args:
+      schedules: a :class:`~functorch_optim.schedules.Schedule`, or a list of them.
+      count: the optimizer's step count (``state.count``).
+
+    Returns:
+      The dict torch's scheduler loads to continue the run.
+
+    Raises:
+      ValueError: schedules of different schedulers or options.
+
+    Example:
+      >>> sched = fo.step_lr(0.1, step_size=30)
+      >>> fo.interop.torch_scheduler_state_dict(sched, 45)["last_epoch"]
+      45
+    """
+    if callable(schedules):
+        schedules = [schedules]
+    states = [schedule.torch_state_dict(count) for schedule in schedules]
+    return _joined_scheduler_states(states)
+
+
+# torch's scheduler state entries kept per param group
+_PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas")
+
+
+def _joined_scheduler_states(states: list[dict]) -> dict:
+    shared = [{k: v for k, v in s.items() if k not in _PER_GROUP} for s in states]
+    shared = [{k: v for k, v in s.items() if k != "_schedulers"} for s in shared]
+    differing = [g for g, s in enumerate(shared) if s != shared[0]]
+    if differing:
+        raise ValueError(
+            f"the schedules of groups {differing} are not the scheduler of group 0 "
+            f"with the same options: {[shared[g] for g in differing]} against "
+            f"{shared[0]}"
+        )
+    joined = dict(states[0])
+    for key in _PER_GROUP:
+        if key in joined:
+            joined[key] = [value for state in states for value in state[key]]
+    if "_schedulers" in joined:
+        joined["_schedulers"] = [
+            _joined_scheduler_states(list(children))
+            for children in zip(*(state["_schedulers"] for state in states))
+        ]
+    return joined
+
+
 # --- torch's parameter order, given by name -------------------------------------------
 
 _HOW_TO_ORDER = (
@@ -332,6 +392,27 @@ def renumbered(state_dict: dict, order: Any) -> dict:
     return {**state_dict, "state": state, "param_groups": new_groups}
 
 
+def _in_torch_id_order(
+    ranked: list[str], members: list[list[int]], names: list[str]
+) -> list[str]:
+    """The leaves' names in the order of torch's ids: torch numbers its params
+    group by group, each group's as the model (``ranked``, its order by name)
+    lists them, as recipes build groups from ``model.named_parameters()``."""
+    unknown = [n for n in ranked if n not in names]
+    unnamed = [n for n in names if n not in ranked]
+    if unknown or unnamed:
+        raise ValueError(
+            f"order names {unknown}, which params does not have, and not "
+            f"{unnamed}, which it has"
+        )
+    rank = {name: i for i, name in enumerate(ranked)}
+    return [
+        name
+        for leaves in members
+        for name in sorted((names[i] for i in leaves), key=rank.__getitem__)
+    ]
+
+
 def _order_is_ambiguous(params: Any) -> bool:
     """Some dict of ``params`` has two or more keys holding leaves: its order may
     not be torch's (jax functions return dicts with sorted keys)."""
@@ -368,8 +449,9 @@ def _algorithm_of(tx: Any) -> tuple[Algorithm, Any]:
     return algorithm, update
 
 
-# (options, leaves: positions in jax.tree order, scalar entries) of one torch group
-_TorchGroup = tuple[Options, list[int], dict[str, Any]]
+# (options, leaves: positions in jax.tree order, scalar entries, the group's other
+# keys) of one torch group
+_TorchGroup = tuple[Options, list[int], dict[str, Any], dict[str, Any]]
 
 
 def _torch_groups(tx: Any, state: Any, params: Any) -> tuple[Any, list[_TorchGroup]]:
@@ -385,12 +467,13 @@ def _torch_groups(tx: Any, state: Any, params: Any) -> tuple[Any, list[_TorchGro
                 update.options(state.hyperparams, g),
                 leaves,
                 {name: getattr(inner, name)[g] for name in algorithm.scalar_names},
+                update.extras[g],
             )
             for g, leaves in enumerate(update.members(params))
         ]
     leaves = list(range(len(jax.tree.leaves(params))))
     scalars = {name: getattr(state, name) for name in algorithm.scalar_names}
-    return state, [(update.options, leaves, scalars)]
+    return state, [(update.options, leaves, scalars, {})]
 
 
 def _torch_option(value: Any) -> Any:
@@ -466,7 +549,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dic
     leaf_states = {}
     param_groups = []
     next_id = 0
-    for options, leaves, scalars in groups:
+    for options, leaves, scalars, extras in groups:
         taken = set(leaves)
         members = [leaf for leaf in given if leaf in taken]
         ids = list(range(next_id, next_id + len(members)))
@@ -489,6 +572,7 @@ def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dic
             leaf_states[torch_id] = to_torch(entries)
         values = evaluate_schedules(options, inner.count)
         group = {k: _torch_option(values[k]) for k in algorithm.defaults}
+        group.update(extras)
         group["params"] = ids
         group["param_names"] = [names[leaf] for leaf in members]
         param_groups.append(group)
@@ -560,6 +644,8 @@ def load_torch_state(
     groups = torch_state_dict["param_groups"]
     saved_states = torch_state_dict["state"]
     torch_ids = [pid for group in groups for pid in group["params"]]
+    # our groups (one for a single transform), as positions in jax.tree order
+    members = update.members(params) if grouped else [list(range(treedef.num_leaves))]
     if all("param_names" in group for group in groups):
         torch_names = [n for group in groups for n in group["param_names"]]
         missing = [n for n in names if n not in torch_names]
@@ -581,7 +667,7 @@ def load_torch_state(
         in_id_order = (
             [names[leaf] for leaf in given]
             if order is None
-            else _names_of_order(order)[0]
+            else _in_torch_id_order(_names_of_order(order)[0], members, names)
         )
         if len(torch_ids) != len(in_id_order):
             raise ValueError(
@@ -589,11 +675,6 @@ def load_torch_state(
                 f"param_names, params has {len(in_id_order)} leaves ({in_id_order})"
             )
         id_of = dict(zip(in_id_order, torch_ids, strict=True))
-        unknown = [n for n in in_id_order if n not in names]
-        if unknown:
-            raise ValueError(f"order names {unknown}, which params does not have")
-    # our groups (one for a single transform), as positions in jax.tree order
-    members = update.members(params) if grouped else [list(range(treedef.num_leaves))]
     if grouped:
         _check_torch_groups(groups, members, names, id_of)
 
@@ -756,6 +837,15 @@ def _with_torch_options(
                 f"transform's): these are fixed when the transform is built "
                 "(flags, integers, tuples, zeros torch branches on); build it "
                 "with torch's"
+            )
+        other = {
+            name: (torch_group[name], value)
+            for name, value in update.extras[g].items()
+            if name in torch_group and torch_group[name] != value
+        }
+        if other:
+            raise ValueError(
+                f"torch's param group {g} has {other} as (torch's, the transform's)"
             )
         values = {
             name: _torch_option(torch_group[name])

@@ -43,6 +43,7 @@ torch optimizer built with the same groups, one torch param group per group.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -72,6 +73,12 @@ class ParamGroupsState(NamedTuple):
 
     hyperparams: tuple[dict[str, Any], ...]
     inner: Any
+
+    @property
+    def count(self) -> Any:  # type: ignore[override]  # tuple.count, a method
+        """The steps taken: the algorithm state's ``count`` (torch's ``step``),
+        as every other transform's state has it."""
+        return self.inner.count
 
 
 def _zero_is_static(algorithm: Algorithm) -> frozenset[str]:
@@ -107,6 +114,9 @@ class ParamGroupsUpdate:
       groups: the group dicts as given (their ``"params"`` selectors).
       transforms: each group's own transform, built from the defaults and its
         options (validated as torch's constructor validates them).
+      extras: each group's keys that are not the algorithm's options (MAE's
+        ``lr_scale``), kept as torch keeps them in its group dicts and written
+        to torch's state dict.
     """
 
     def __init__(
@@ -114,10 +124,12 @@ class ParamGroupsUpdate:
         algorithm: Algorithm,
         groups: tuple[Mapping[str, Any], ...],
         transforms: tuple[GradientTransformation, ...],
+        extras: tuple[dict[str, Any], ...],
     ) -> None:
         self.algorithm = algorithm
         self.groups = groups
         self.transforms = transforms
+        self.extras = extras
         zero_is_static = _zero_is_static(algorithm)
         self._options = tuple(t.update.options for t in transforms)
         initial = []
@@ -258,7 +270,9 @@ def with_param_groups(
         ``fo.sgd``, ...), not called yet.
       groups: torch's param groups, each a dict with a ``"params"`` selector and
         that group's options under torch's names. A group may take no leaf (torch
-        keeps empty groups); a leaf no group takes is an error naming it.
+        keeps empty groups); a leaf no group takes is an error naming it. Other
+        keys (MAE's ``lr_scale``) are kept, as torch keeps them in its group
+        dicts, and written to torch's state dict.
       **defaults: options for every group, as torch's constructor keywords.
 
     Returns:
@@ -268,7 +282,7 @@ def with_param_groups(
     Raises:
       ValueError: no groups, or an option torch rejects (torch's message, e.g.
         ``Invalid learning rate: -1.0``); a leaf no group takes (at ``init``).
-      TypeError: a group without a ``"params"`` selector, an option the algorithm
+      TypeError: a group without a ``"params"`` selector, a default the algorithm
         does not have, or ``functional`` not one of this library's.
 
     Example:
@@ -289,9 +303,14 @@ def with_param_groups(
     if not groups:
         raise ValueError("optimizer got an empty parameter list")
     groups = tuple(_checked_group(group, g) for g, group in enumerate(groups))
+    accepted = inspect.signature(functional).parameters
     transforms = tuple(
-        functional(**{**defaults, **{k: v for k, v in group.items() if k != "params"}})
-        for group in groups
+        functional(**{**defaults, **{k: v for k, v in g.items() if k in accepted}})
+        for g in groups
+    )
+    extras = tuple(
+        {k: v for k, v in g.items() if k != "params" and k not in accepted}
+        for g in groups
     )
     for tx in transforms:
         update = getattr(tx, "update", None)
@@ -303,7 +322,9 @@ def with_param_groups(
                 "with_param_groups takes one of this library's first-order "
                 f"algorithms (fo.adamw, fo.sgd, ...), got {functional!r}"
             )
-    update = ParamGroupsUpdate(transforms[0].update.algorithm, groups, transforms)
+    update = ParamGroupsUpdate(
+        transforms[0].update.algorithm, groups, transforms, extras
+    )
     return GradientTransformation(update.init, update)
 
 

@@ -468,6 +468,12 @@ def _same(a, b) -> bool:
         return bool(a == b)
 
 
+def _int_count(count) -> jax.Array:
+    """The count as a user's function of it sees it: JAX's default integer type,
+    so its arithmetic with Python numbers is in the default float type."""
+    return jnp.asarray(count).astype(jax.dtypes.canonicalize_dtype(int))
+
+
 def _float_count(count) -> jax.Array:
     return jnp.asarray(count).astype(scalar_dtype())
 
@@ -477,7 +483,12 @@ def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
 
     Args:
       lr: the initial value :math:`\eta_0` (torch's ``initial_lr``).
-      lr_lambda: a jnp-traceable function of the count giving the factor.
+      lr_lambda: a jnp-traceable function of the count giving the factor. It gets
+        the count as an integer array of JAX's default integer type (int64 under
+        x64), so ``t / n`` divides in the default float type as torch's Python
+        ``int / int`` does in double (an int32 count would divide in float32).
+        A lambda with a Python ``if`` on the count cannot be traced: write it
+        with ``jnp.where``, or use the facade's ``fo.lr_scheduler.LambdaLR``.
 
     Returns:
       A schedule ``count -> value``.
@@ -486,7 +497,7 @@ def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
       >>> tx = fo.sgd(lr=fo.lambda_lr(0.1, lambda t: 0.95**t))
     """
     return Schedule(
-        lambda count: lr * lr_lambda(jnp.asarray(count)),
+        lambda count: lr * lr_lambda(_int_count(count)),
         "LambdaLR",
         {"lr_lambda": lr_lambda},
         lr,
@@ -512,7 +523,7 @@ def multiplicative_lr(lr, lr_lambda: CountFunction) -> Schedule:
     """
 
     def schedule(count):
-        t = jnp.asarray(count)
+        t = _int_count(count)
         return jax.lax.fori_loop(
             1, t + 1, lambda k, acc: acc * lr_lambda(k), jnp.asarray(lr, scalar_dtype())
         )

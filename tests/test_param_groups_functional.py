@@ -275,7 +275,10 @@ def test_bad_group_options_get_torchs_messages():
         with pytest.raises(ValueError, match=f"^{torch_error.value}$"):
             fo.with_param_groups(fo.adamw, groups)
     with pytest.raises(TypeError, match="unexpected keyword.*'momentum'"):
-        fo.with_param_groups(fo.adamw, [{"params": ["w"], "momentum": 0.9}])
+        fo.with_param_groups(fo.adamw, [{"params": ["w"]}], momentum=0.9)
+    # a group key that is no option is kept, as torch keeps it in the group dict
+    kept = fo.with_param_groups(fo.adamw, [{"params": ["w"], "momentum": 0.9}])
+    assert kept.update.extras == ({"momentum": 0.9},)
     with pytest.raises(TypeError, match="param group 0 must be a dict"):
         fo.with_param_groups(fo.adamw, [["w"]])
     with pytest.raises(ValueError, match="empty parameter list"):
@@ -314,3 +317,46 @@ def test_only_traced_options_are_set():
         fo.set_group_options(state, 0, betas=(0.8, 0.9))
     with pytest.raises(IndexError, match="2 param groups"):
         fo.set_group_options(state, 2, lr=0.1)
+
+
+def test_recipe_checkpoints_without_names_extra_keys_and_a_grouped_scheduler():
+    """What recipes' torch checkpoints hold: groups built from bare tensors (no
+    param_names: torch's ids follow the model's order group by group, given by
+    order=model), a group key torch keeps (MAE's lr_scale, written back), and one
+    scheduler over every group (one entry per group in base_lrs and _last_lr)."""
+    model = _model()
+    named = list(model.named_parameters())
+    torch_opt = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in named if p.ndim >= 2], "lr_scale": 0.5},
+            {"params": [p for _, p in named if p.ndim < 2], "lr_scale": 1.0},
+        ],
+        lr=0.05,
+    )
+    torch_sched = torch.optim.lr_scheduler.StepLR(torch_opt, step_size=2)
+    groups = [
+        {"params": lambda name, p: p.ndim >= 2, "lr_scale": 0.5},
+        {"params": lambda name, p: p.ndim < 2, "lr_scale": 1.0},
+    ]
+    tx = fo.with_param_groups(fo.adamw, groups, lr=0.05)
+    for step in range(2):
+        grads = _grads(_params(model), step)
+        for name, p in named:
+            p.grad = torch.tensor(np.asarray(grads[name]))
+        torch_opt.step()
+        torch_sched.step()
+    params = _params(model)
+    with pytest.raises(ValueError, match="order=model"):
+        fo.interop.load_torch_state(tx, torch_opt.state_dict(), params)
+    state = fo.interop.load_torch_state(tx, torch_opt.state_dict(), params, model)
+    assert int(state.count) == 2 == int(state.inner.count)
+    np.testing.assert_array_equal(
+        state.inner.exp_avg["first.weight"],
+        torch_opt.state[model["first"].weight]["exp_avg"].numpy(),
+    )
+    sd = fo.interop.torch_state_dict(tx, state, params, order=model)
+    assert [g["lr_scale"] for g in sd["param_groups"]] == [0.5, 1.0]
+    schedules = [fo.step_lr(0.05, step_size=2)] * 2
+    assert fo.interop.torch_scheduler_state_dict(
+        schedules, state.count
+    ) == torch_sched.state_dict()

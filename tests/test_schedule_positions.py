@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 
 import jax
+import jax.numpy as jnp
 import optax
 import pytest
 import torch
@@ -310,3 +311,17 @@ def test_a_schedule_is_still_a_function_of_the_count():
     for _ in range(7):
         _, state = jax.jit(tx.update)(jax.numpy.ones(()), state)
     assert state.hyperparams["learning_rate"] == schedule(6)
+
+
+def test_a_lambda_divides_the_count_as_torch_does():
+    """torch calls lr_lambda with a Python int, so t / n divides in double; the
+    count a lambda gets divides in the default float type too (an int32 count
+    would divide in float32, 3e-6 off after a few steps of a warmup)."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: t / 3)
+    schedule = S.lambda_lr(1.0, lambda t: t / 3)
+    jitted = jax.jit(schedule)
+    for count in range(1, 5):
+        optimizer.step()
+        scheduler.step()
+        assert float(jitted(jnp.int32(count))) == scheduler.get_last_lr()[0]

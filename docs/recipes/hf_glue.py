@@ -28,7 +28,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 import functorch_optim as fo
 
-from .torch_scheduler import scheduler_state_dict
 
 args = SimpleNamespace(
     learning_rate=5e-2, weight_decay=0.01, gradient_accumulation_steps=2,
@@ -308,10 +307,7 @@ def apply_grads(params, opt_state, grads):
 
 def main_functional(out_dir, epochs, resume=False, log=None):
     params = fo.interop.to_jax(dict(new_model().named_parameters()))
-    # torch's ids: the decayed group, then the other (its checkpoint has no names)
-    order = [n for n in params if not any(nd in n for nd in no_decay)] + [
-        n for n in params if any(nd in n for nd in no_decay)
-    ]
+    order = list(params)  # torch's params by name (its checkpoint has no names)
     opt_state = tx.init(params)
     completed_steps = 0
     starting_epoch = 0
@@ -323,7 +319,7 @@ def main_functional(out_dir, epochs, resume=False, log=None):
             tx, load("optimizer.bin"), params, order=order
         )
         count = lr_schedule.count_from_torch(load("scheduler.bin"))
-        assert count == opt_state.inner.count  # torch's scheduler is ours
+        assert count == opt_state.count  # torch's scheduler is ours
         path = os.path.basename(checkpoint_path)
         starting_epoch = int(path.replace("epoch_", "")) + 1
         completed_steps = starting_epoch * num_update_steps_per_epoch
@@ -334,7 +330,7 @@ def main_functional(out_dir, epochs, resume=False, log=None):
             g = grad_fn(params, **batch)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             if step % args.gradient_accumulation_steps == 0 or step == len(train_dataloader) - 1:
-                lr = lr_schedule(opt_state.inner.count)
+                lr = lr_schedule(opt_state.count)
                 params, opt_state = apply_grads(params, opt_state, grads)
                 grads = None
                 completed_steps += 1
@@ -347,13 +343,14 @@ def main_functional(out_dir, epochs, resume=False, log=None):
             output_dir = os.path.join(out_dir, f"epoch_{epoch}")
             os.makedirs(output_dir, exist_ok=True)
             path = functools.partial(os.path.join, output_dir)
-            count = opt_state.inner.count
+            count = opt_state.count
             fo.checkpoint.save_torch(path("pytorch_model.bin"), params)
             fo.checkpoint.save_torch(
                 path("optimizer.bin"),
                 fo.interop.torch_state_dict(tx, opt_state, params, order),
             )
             fo.checkpoint.save_torch(
-                path("scheduler.bin"), scheduler_state_dict([lr_schedule] * 2, count)
+                path("scheduler.bin"),
+                fo.interop.torch_scheduler_state_dict([lr_schedule] * 2, count),
             )
 # [/functional]

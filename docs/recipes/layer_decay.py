@@ -25,7 +25,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 import functorch_optim as fo
 
-from .torch_scheduler import scheduler_state_dict
 
 args = SimpleNamespace(
     lr=0.05, weight_decay=0.05, layer_decay=0.75, epochs=3, warmup_iters=2,
@@ -318,7 +317,8 @@ def build(params):
     )
     schedules = [warmup_cosine(args.lr * group["lr_scale"]) for group in groups]
     tx = fo.with_param_groups(fo.adamw, [
-        {"params": group["params"], "weight_decay": group["weight_decay"], "lr": lr}
+        {"params": group["params"], "weight_decay": group["weight_decay"], "lr": lr,
+         "lr_scale": group["lr_scale"]}  # kept, as a key of torch's groups
         for group, lr in zip(groups, schedules)
     ])
     return tx, schedules, groups
@@ -336,8 +336,7 @@ def train_step(tx):
 def main_functional(out_dir, epochs, resume=False, log=None):
     params = fo.interop.to_jax(dict(new_model().named_parameters()))
     tx, schedules, groups = build(params)
-    # torch's ids: group by group (its checkpoint has no names)
-    order = [name for group in groups for name in group["params"]]
+    order = list(params)  # torch's params by name (its checkpoint has no names)
     opt_state = tx.init(params)
     start_epoch = 0
     if resume:
@@ -348,22 +347,21 @@ def main_functional(out_dir, epochs, resume=False, log=None):
         )
         for g, schedule in enumerate(schedules):  # torch's scheduler is ours
             count = schedule.count_from_torch(checkpoint["lr_scheduler"], group=g)
-            assert count == opt_state.inner.count
+            assert count == opt_state.count
         start_epoch = checkpoint["epoch"] + 1
     step = train_step(tx)
 
     for epoch in range(start_epoch, epochs):
         for data_iter_step, (samples, targets) in enumerate(data_loader):
-            max_lr = max(schedule(opt_state.inner.count) for schedule in schedules)
+            max_lr = max(schedule(opt_state.count) for schedule in schedules)
             params, opt_state, loss = step(params, opt_state, samples, targets)
             log((epoch, data_iter_step), max_lr, None, params)
-        optimizer = fo.interop.torch_state_dict(tx, opt_state, params, order)
-        for torch_group, group in zip(optimizer["param_groups"], groups):
-            torch_group["lr_scale"] = group["lr_scale"]  # a key of torch's groups
         fo.checkpoint.save_torch(os.path.join(out_dir, "checkpoint.pth"), {
             "model": params,
-            "optimizer": optimizer,
-            "lr_scheduler": scheduler_state_dict(schedules, opt_state.inner.count),
+            "optimizer": fo.interop.torch_state_dict(tx, opt_state, params, order),
+            "lr_scheduler": fo.interop.torch_scheduler_state_dict(
+                schedules, opt_state.count
+            ),
             "epoch": epoch,
         })
 # [/functional]

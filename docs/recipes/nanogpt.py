@@ -291,14 +291,6 @@ def train_step(params, opt_state, X, Y):
     return fo.apply_updates(params, updates), opt_state, norm
 
 
-def decay_first(params):
-    """torch's ids for nanoGPT's groups: the decayed params, then the others,
-    each in the model's order (its checkpoint has no names)."""
-    return [n for n, p in params.items() if p.ndim >= 2] + [
-        n for n, p in params.items() if p.ndim < 2
-    ]
-
-
 def train_functional(out_dir, max_iters, init_from="scratch", log=None):
     if init_from == "scratch":
         params = fo.interop.to_jax(dict(new_model().named_parameters()))
@@ -311,10 +303,11 @@ def train_functional(out_dir, max_iters, init_from="scratch", log=None):
             {k: v for k, v in state_dict.items() if k not in TIED}
         )
         opt_state = fo.interop.load_torch_state(
-            tx, checkpoint["optimizer"], params, order=decay_first(params)
+            tx, checkpoint["optimizer"], params, order=list(params)
         )
         iter_num = checkpoint["iter_num"]
-    order = decay_first(params)  # jitted steps return dicts with sorted keys
+    # torch's params by name: jitted steps return dicts with sorted keys
+    order = list(params)
     checkpoint = None
 
     while True:
