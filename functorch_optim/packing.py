@@ -109,7 +109,9 @@ class Pack:
             or len(leaves) != len(self.leaves)
             or any(a is not b for a, b in zip(leaves, self.leaves, strict=True))
         ):
-            self.params, self.leaves = _flat_jit(leaves), tuple(leaves)
+            host = jax.device_get(list(leaves))
+            self.params = _on_device(_flat_host(host), leaves[0].sharding, True)
+            self.leaves = tuple(leaves)
         return self.params
 
     def stepped(self, flat_params: jax.Array, leaves: list, state: dict) -> None:
@@ -225,41 +227,95 @@ def _flat(arrays: Sequence[Any]) -> jax.Array:
     return jnp.concatenate([jnp.ravel(a) for a in arrays])
 
 
-_flat_jit = jax.jit(_flat)
+# Packing and unpacking run on the host: the arrays are read into NumPy (a view of
+# each buffer on the CPU, one transfer otherwise), cut or joined there, and put
+# back on the device, committed to their params' device (see
+# :func:`functorch_optim.optim.compiles.committed`). A compiled program would have
+# one input or output per leaf and compile per tree: unpacking 5,000 leaves so
+# compiled in 85 s and 3.4 GB, packing 500 loaded states in 6.8 s.
+
+
+def _flat_host(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ravel(a) for a in arrays])
+
+
+def _on_device(host: Any, sharding: Any, fresh: bool = False) -> jax.Array:
+    """``host`` (a NumPy array or scalar) on the device, committed to ``sharding``.
+
+    Copied on the host first unless ``fresh`` (made here and held by nothing
+    else): a transfer may run after it returns, and on the CPU ``host`` may be a
+    view of a buffer that the next step donates. On the CPU the host array is
+    then the device array's memory (no second copy).
+    """
+    return jax.device_put(host if fresh else np.array(host), sharding)
 
 
 def _packed(indices: Sequence[int], params: Sequence[Any], state: dict) -> Pack:
     shapes = tuple(tuple(p.shape) for p in params)
     starts = np.cumsum([0] + [math.prod(s) for s in shapes[:-1]], dtype=np.int32)
-    return Pack(tuple(indices), shapes, state, jax.device_put(list(starts)))
+    offsets = jax.device_put(list(starts), [_placement(params[0])] * len(starts))
+    return Pack(tuple(indices), shapes, state, offsets)
+
+
+def _placement(param: jax.Array) -> Any:
+    """Where a pack's arrays go: committed to ``param``'s device where it is
+    committed, else not (as ``jnp.zeros_like`` places). jit compiles a program per
+    pattern of committed arguments, so a state placed otherwise than its params
+    compiled a user's step twice: once for the first step's mix, once for the
+    committed outputs the second step gets."""
+    return param.sharding if param.committed else None
 
 
 def pack(indices: Sequence[int], params: Sequence[Any], states: Sequence[dict]) -> Pack:
     """A :class:`Pack` of leaves (that :func:`plan` put together) and their states."""
-    kinds = tuple((name, _entry_kind(params[0], v)) for name, v in states[0].items())
-    return _packed(indices, params, _pack_states(kinds, list(states)))
+    kinds = {name: _entry_kind(params[0], v) for name, v in states[0].items()}
+    sharding = params[0].sharding
+    element = [name for name, kind in kinds.items() if kind == "element"]
+    host = jax.device_get([[s[name] for name in element] for s in states])
+    state = {
+        name: None
+        if kind == "none"
+        else _on_device(jax.device_get(states[0][name]), sharding)
+        for name, kind in kinds.items()
+    }
+    for k, name in enumerate(element):
+        state[name] = _on_device(_flat_host([h[k] for h in host]), sharding, True)
+    return _packed(indices, params, state)
+
+
+def fill_values(init: Callable[[Any], dict], dtype: Any) -> dict:
+    """The state ``init(param)`` makes for a one-element param of ``dtype``, on
+    the host: for an ``Algorithm.elementwise`` rule, whose state depends on the
+    shape and dtype only, each per-element entry is one value repeated."""
+    return jax.device_get(init(jnp.zeros((1,), dtype)))
+
+
+def filled_state(values: dict, shape: tuple, sharding: Any) -> dict:
+    """The state of a param of ``shape`` from its :func:`fill_values`, filled on
+    the host and put on ``sharding`` (None: not committed to a device), so a new
+    shape compiles nothing (eager ops compile once per shape: a tree of many
+    shapes paid one compile for each)."""
+    return {
+        name: None
+        if value is None
+        else _on_device(value, sharding)
+        if np.ndim(value) == 0
+        else _on_device(
+            np.full(shape, value.reshape(-1)[0], value.dtype), sharding, True
+        )
+        for name, value in values.items()
+    }
 
 
 def pack_fresh(
     indices: Sequence[int], params: Sequence[Any], init: Callable[[Any], dict]
 ) -> Pack:
-    """A :class:`Pack` of leaves without state yet: ``init(param)``, the per-leaf
-    state constructor, runs once on zeros of their total size. (The state of an
-    ``Algorithm.elementwise`` rule depends on the shape and dtype only.)"""
+    """A :class:`Pack` of leaves without state yet: their state as ``init(param)``,
+    the per-leaf state constructor, makes it (:func:`filled_state`), flat."""
     param = params[0]
     size = sum(p.size for p in params)
-    zeros = jnp.zeros((size,), param.dtype, device=param.sharding)
-    return _packed(indices, params, init(zeros))
-
-
-@partial(jax.jit, static_argnums=0)
-def _pack_states(kinds: tuple, states: list[dict]) -> dict:
-    return {
-        name: states[0][name]
-        if kind in ("scalar", "none")
-        else _flat([s[name] for s in states])
-        for name, kind in kinds
-    }
+    state = filled_state(fill_values(init, param.dtype), (size,), _placement(param))
+    return _packed(indices, params, state)
 
 
 def split(flat: jax.Array, shapes: Sequence[tuple], offsets: Sequence[Any]) -> list:
@@ -272,28 +328,29 @@ def split(flat: jax.Array, shapes: Sequence[tuple], offsets: Sequence[Any]) -> l
     ]
 
 
-@partial(jax.jit, static_argnums=1)
-def _unpacked_states(state: dict, shapes: tuple, offsets: list) -> list[dict]:
-    columns = {
-        name: None
-        if value is None
-        else [value] * len(shapes)
-        if value.ndim == 0
-        else split(value, shapes, offsets)
-        for name, value in state.items()
-    }
-    return [
-        {
-            name: None if column is None else column[k]
-            for name, column in columns.items()
-        }
-        for k in range(len(shapes))
-    ]
-
-
 def unpack(pack: Pack) -> list[dict]:
-    """The per-leaf states of a pack's leaves, in ``pack.indices`` order."""
-    return _unpacked_states(pack.state, pack.shapes, pack.offsets)
+    """The per-leaf states of a pack's leaves, in ``pack.indices`` order: copies,
+    each entry a buffer of its own."""
+    names = list(pack.state)
+    host = jax.device_get([pack.state[name] for name in names])
+    sharding = next(v for v in pack.state.values() if v is not None).sharding
+    starts = np.cumsum([0] + [math.prod(s) for s in pack.shapes])
+    pieces: list[Any] = []
+    for k, shape in enumerate(pack.shapes):
+        for value in host:
+            if value is None:
+                continue
+            # each piece a host copy of its own (see _on_device)
+            pieces.append(
+                value.copy()
+                if value.ndim == 0
+                else value[starts[k] : starts[k + 1]].reshape(shape).copy()
+            )
+    put = iter(jax.device_put(pieces, [sharding] * len(pieces)))
+    return [
+        {name: None if value is None else next(put) for name, value in zip(names, host)}
+        for _ in pack.shapes
+    ]
 
 
 def step_pack(

@@ -211,7 +211,7 @@ def sparse_adam(
 
     def init(params):
         leaves = jax.tree.leaves(params, is_leaf=is_bcoo)
-        check_params([leaf for leaf in leaves if holds_state(leaf)])
+        check_params([[leaf for leaf in leaves if holds_state(leaf)]])
         return transform.init(params)
 
     # wraps: the update carries the transform's algorithm and options

@@ -4,6 +4,8 @@ Modules, each importing only those above it (and the library's lower layers;
 :mod:`.state_dict` names the :class:`Optimizer` type for the type checker only):
 
 - :mod:`.hooks`: ``RemovableHandle``, the per-optimizer and global hooks;
+- :mod:`.compiles`: :func:`compile_count`, from JAX's compile events; arrays
+  committed alike for every step;
 - :mod:`.inputs`: checks on the params and grads users hand in;
 - :mod:`.group`: one param group (its structure, per-leaf states, packs, grads);
 - :mod:`.compiled_step`: the one jitted step over all groups;
@@ -29,7 +31,7 @@ from .classes import (
     SparseAdam,
     optimizer_class,
 )
-from .compiled_step import compile_count
+from .compiles import compile_count
 from .hooks import (
     RemovableHandle,
     register_optimizer_step_post_hook,

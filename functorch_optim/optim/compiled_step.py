@@ -7,7 +7,9 @@ state entries exist) and each group's *static* options: flags, integers, strings
 torch branches on ``x != 0`` there). Every other float hyperparameter is passed as a
 weakly typed traced scalar (:func:`split_option`), so editing
 ``param_groups[i]['lr']`` (or betas, momentum, a nonzero weight decay) between steps
-reuses the compiled step; :func:`compile_count` shows it.
+reuses the compiled step; :func:`~.compiles.compile_count` shows it. Every array
+passed is committed to its device (:func:`~.compiles.committed`), so the second
+step finds the first one's program.
 
 :func:`lowered` gives the program a step would run, for its cost and memory analysis
 (``fo.Adam(...).lowered_step(grads)``).
@@ -27,14 +29,8 @@ from .. import packing
 from ..rule import Algorithm, Options
 from ..runner import step_leaf, step_leaves
 from ..sharding import constrain, static_sharding
+from .compiles import committed
 from .group import Group
-
-_compiles = 0
-
-
-def compile_count() -> int:
-    """How many times the facade's fused step has been traced (= compiled)."""
-    return _compiles
 
 
 def cache_size() -> int:
@@ -75,7 +71,8 @@ def split_option(value: Any, traced: list, static_zero: bool = False) -> Any:
         return tuple(split_option(v, traced) for v in value)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         array = jnp.asarray(value)
-        traced.append(array.reshape(()) if array.size == 1 else array)
+        (array,) = committed([array.reshape(()) if array.size == 1 else array])
+        traced.append(array)
         return _TRACED
     return value  # schedules and other hashable values: part of the key
 
@@ -96,8 +93,6 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
     parameter's shards. Per group, ``packs`` holds the (flat params, state) of each
     :class:`~functorch_optim.packing.Pack`, ``pack_inputs`` its (grads, offsets).
     """
-    global _compiles
-    _compiles += 1
     new_params, new_states, new_packs = [], [], []
     for group_spec, p, g, s, group_packs, inputs, t in zip(
         spec, params, grads, states, packs, pack_inputs, traced, strict=True
@@ -170,10 +165,14 @@ def _operands(
         spec.append(
             (algorithm, static, shardings, tuple(p.shapes for p in group.packs))
         )
+        # The params and grads are the user's, committed or not; the optimizer's
+        # own arrays (states, packs, a step's outputs) are committed already.
         params.append(
-            group.params_to_donate(alone) if donate else [leaves[i] for i in alone]
+            committed(
+                group.params_to_donate(alone) if donate else [leaves[i] for i in alone]
+            )
         )
-        grads.append([leaf_grads[i] for i in alone])
+        grads.append(committed([leaf_grads[i] for i in alone]))
         states.append([group.states[i] for i in alone])
         packs.append(
             [
@@ -182,7 +181,10 @@ def _operands(
             ]
         )
         pack_inputs.append(
-            [([leaf_grads[i] for i in p.indices], p.offsets) for p in group.packs]
+            [
+                (committed([leaf_grads[i] for i in p.indices]), p.offsets)
+                for p in group.packs
+            ]
         )
         traced.append(values)
         where.append((group, alone))

@@ -69,6 +69,7 @@ from ..rule import Algorithm, Options, check_scalar_lr
 from ..runner import init_leaf
 from . import compiled_step
 from . import state_dict as state_dict_format
+from .compiles import counted, counting
 from .group import CarvedTree, Group, Structure, new_state
 from .hooks import Hooks, with_step_hooks
 from .inputs import (
@@ -89,11 +90,12 @@ _all_finite = jax.jit(all_finite)
 
 
 def _serialized(method: Callable) -> Callable:
-    """``method`` run under its optimizer's lock (see "Threads" above)."""
+    """``method`` run under its optimizer's lock (see "Threads" above), the
+    compiles it makes counted (:func:`.compiles.compile_count`)."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._lock:
+        with self._lock, counting():
             return method(self, *args, **kwargs)
 
     return locked
@@ -164,6 +166,7 @@ class Optimizer(Hooks):
             # (functools.wraps carries the `hooked` mark out)
             cls.step = _serialized(with_step_hooks(step))  # type: ignore[method-assign]
 
+    @counted
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         super().__init__()
         self._lock = threading.RLock()
