@@ -3,7 +3,6 @@ torch's messages, before anything changes."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 from .. import interop
 from ..checks import is_optimizable
 from ..core import is_bcoo
+from ..interop import is_torch_tensor
 
 
 def matches(grad: Any, param: jax.Array) -> bool:
@@ -34,11 +34,6 @@ def typename(x: Any) -> str:
 
 def is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray)) or is_torch_tensor(x)
-
-
-def is_torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def check_not_traced(x: Any, where: str) -> None:
