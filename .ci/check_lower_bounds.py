@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_AT_MINIMUM = {
     "ruff",
     "mypy",
+    "pyright",
     "nbclient",
     "nbformat",
     "ipykernel",

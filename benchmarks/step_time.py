@@ -24,6 +24,12 @@ fresh process (``--compile-only``), the median of ``--fresh-repeats`` processes
 taken in turns: in one process, a path that compiles after another reuses its warm
 caches and looks faster than it is, and a single fresh process varies by 20-30%.
 
+With ``--scalar-cost`` it instead times what computing the per-step scalars to
+double accuracy without x64 (:mod:`functorch_optim.doubled`, this script runs with
+x64 off as most users do) costs an Adam step: ``fo jit`` as it is against the same
+step with its bias corrections in plain float32 (the arithmetic before the pairs),
+taken in turns, with both compile times.
+
 Quick run (< 1 minute):
     python benchmarks/step_time.py --pytrees 2000x1024 --optimizers adam --repeats 10
 Full table:
@@ -238,6 +244,30 @@ def fresh_compiles(tree: str, name: str, paths: list[str], args) -> dict:
     return {p: float(np.median(r)) if r else None for p, r in runs.items()}
 
 
+def scalar_cost(tree: str, repeats: int) -> None:
+    """An Adam step with x64 off: double-accurate scalars (float32 pairs) against
+    float32 ones (``beta ** step`` as a float32 power, as before the pairs)."""
+    from functorch_optim.algorithms import adam
+
+    assert not jax.config.jax_enable_x64, "the pairs replace float64 only with x64 off"
+    shapes = PYTREES[tree]()
+    params, grads = make_arrays(shapes, 0), make_arrays(shapes, 1)
+    pairs = transform_step(fo.adam(1e-3), params, grads)
+    double_accurate = adam.step_powers
+    adam.step_powers = lambda *terms: tuple(base ** (n * 1.0) for base, n in terms)
+    try:
+        float32 = transform_step(fo.adam(1e-3), params, grads)
+    finally:
+        adam.step_powers = double_accurate
+    ms = interleaved_medians({"pairs": pairs.run, "float32": float32.run}, repeats)
+    print(
+        f"{tree} / adam, x64 off: {ms['pairs']:.3f} ms per step with the scalars in "
+        f"float32 pairs, {ms['float32']:.3f} ms in float32 "
+        f"({ms['pairs'] - ms['float32']:+.3f} ms); compile {pairs.compile_s:.2f} s "
+        f"against {float32.compile_s:.2f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -272,11 +302,20 @@ def main(argv: list[str] | None = None) -> None:
         help="fresh processes per path with --fresh-compile (median taken)",
     )
     parser.add_argument(
+        "--scalar-cost",
+        action="store_true",
+        help="time Adam's step with double-accurate scalars against float32 ones",
+    )
+    parser.add_argument(
         "--compile-only",
         choices=JAX_PATHS,
         help="(used by --fresh-compile) set up this one path, print its compile time",
     )
     args = parser.parse_args(argv)
+    if args.scalar_cost:
+        for tree in args.pytrees:
+            scalar_cost(tree, args.repeats)
+        return
     if args.compile_only:
         (tree,), (name,) = args.pytrees, args.optimizers
         result = bench(tree, name, 0, (args.compile_only,))

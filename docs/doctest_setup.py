@@ -68,10 +68,7 @@ def _nnx_names() -> dict:
 
 # Examples that cannot run as written, with why; they are deselected (the run's
 # summary counts them).
-NOT_RUN = {
-    "functorch_optim.SparseAdam": "the facade's generic example steps on dense "
-    "gradients, which SparseAdam rejects (its functional example runs)",
-}
+NOT_RUN: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,22 @@ import optax
 
 PyTree = Any
 UpdateFn = Callable[..., tuple[PyTree, PyTree]]
+StateT = TypeVar("StateT")
 
 
-class GradientTransformation(optax.GradientTransformationExtraArgs):
+class StateUpdateFn(Protocol[StateT]):
+    """The type of a transformation's ``update``: its state type in and out."""
+
+    def __call__(
+        self,
+        updates: PyTree,
+        state: StateT,
+        params: PyTree | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, StateT]: ...
+
+
+class GradientTransformation(optax.GradientTransformationExtraArgs, Generic[StateT]):
     """An ``(init, update)`` pair of pure functions over pytrees.
 
     ``update(grads, state, params=None, **extra_args)`` returns ``(updates, state)``;
@@ -36,10 +49,16 @@ class GradientTransformation(optax.GradientTransformationExtraArgs):
 
     It is optax's ``GradientTransformationExtraArgs`` (a subclass with no new
     fields), so ``optax.chain`` forwards the extra arguments that L-BFGS
-    (``value_fn``) and reduce-on-plateau (``value``) read.
+    (``value_fn``) and reduce-on-plateau (``value``) read. For type checkers it is
+    generic in its state: ``fo.adam(...)`` is a ``GradientTransformation[AdamState]``,
+    so ``tx.init(params).exp_avg`` and the state ``update`` returns are typed.
     """
 
     __slots__ = ()
+    # Annotations only (the fields are optax's): the state type, where optax's
+    # annotations say only "a pytree".
+    init: Callable[[PyTree], StateT]
+    update: StateUpdateFn[StateT]
 
 
 def apply_updates(params: PyTree, updates: PyTree) -> PyTree:

@@ -43,8 +43,11 @@ def params_or_zeros(algorithm: Algorithm, options: Options, grads, params):
 
 def make_transform(
     algorithm: Algorithm, given: Mapping[str, Any]
-) -> GradientTransformation:
+) -> GradientTransformation[Any]:
     """The optax-style ``(init, update)`` pair running ``algorithm`` with ``given``.
+
+    Its state is an ``algorithm.state_type``, which the public functional's return
+    annotation names (``GradientTransformation[AdamState]``).
 
     ``update`` returns the updates that ``apply_updates(params, updates)`` turns
     into the parameters torch holds after ``step()`` (the rule's increment where

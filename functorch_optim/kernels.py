@@ -11,12 +11,15 @@ call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
 
 from __future__ import annotations
 
+import decimal
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import doubled
+from .core import scalar_dtype
 from .rule import Array, Options, nonzero
 
 # The dtype of torch's scalar state tensors other than ``step`` (ASGD's ``eta`` and
@@ -40,15 +43,42 @@ def rdiv(number, tensor):
     return number / tensor
 
 
-def step_power(base: Any, step: Array) -> Array:
-    """``base ** step`` for a step count, as a float power: ``jnp.power`` unrolls a
-    concrete integer exponent into ``integer_pow``, which compiles anew for every
-    step value and rounds apart from ``pow``, as torch computes ``beta ** step``
-    (Python's float ``pow``). ``step * 1.0`` is a weakly typed float, so the
-    result has the dtype ``base ** step`` has."""
-    if jnp.issubdtype(jnp.result_type(step), jnp.integer):
-        step = step * 1.0
-    return base**step
+def step_powers(*terms: tuple[Any, Array]) -> tuple[Any, ...]:
+    """``base ** step`` of each ``(base, step)`` for a step count, as torch computes
+    ``beta ** step`` (Python's float ``pow``).
+
+    With x64 on, as a float power: ``jnp.power`` unrolls a concrete integer
+    exponent into ``integer_pow``, which compiles anew for every step value and
+    rounds apart from ``pow``; ``step * 1.0`` is a weakly typed float, so the
+    result has the dtype ``base ** step`` has. With x64 off, the powers of Python
+    (or exact decimal) bases are pairs to double accuracy
+    (:func:`~functorch_optim.doubled.powers`, all from one lookup); a traced base
+    (a facade's hyperparameter, float32's rounding of torch's double: ``1 - beta``
+    is then 1e-5 from torch's whatever the power's accuracy) and a float step
+    (torch's capturable float32 tensor) give the float32 power, as before the
+    pairs."""
+    paired = [
+        i
+        for i, (base, step) in enumerate(terms)
+        if scalar_dtype() == jnp.float32
+        and isinstance(base, (int, float, decimal.Decimal))
+        and jnp.issubdtype(jnp.result_type(step), jnp.integer)
+    ]
+    results = {}
+    if paired:
+        pairs = doubled.powers([terms[i] for i in paired])
+        results = dict(zip(paired, pairs, strict=True))
+    for i, (base, step) in enumerate(terms):
+        if i not in results:
+            if jnp.issubdtype(jnp.result_type(step), jnp.integer):
+                step = step * 1.0
+            results[i] = base**step
+    return tuple(results[i] for i in range(len(terms)))
+
+
+def step_power(base: Any, step: Array) -> Any:
+    """``base ** step`` for a step count (:func:`step_powers`)."""
+    return step_powers((base, step))[0]
 
 
 def lerp(start: Array, end: Array, weight: Any) -> Array:

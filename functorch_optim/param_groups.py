@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +131,10 @@ class ParamGroupsUpdate:
         self.transforms = transforms
         self.extras = extras
         zero_is_static = _zero_is_static(algorithm)
-        self._options = tuple(t.update.options for t in transforms)
+        # each update is an AlgorithmUpdate (with_param_groups checks)
+        self._options = tuple(
+            cast(AlgorithmUpdate, t.update).options for t in transforms
+        )
         initial = []
         for options in self._options:
             traced = {
@@ -322,9 +325,8 @@ def with_param_groups(
                 "with_param_groups takes one of this library's first-order "
                 f"algorithms (fo.adamw, fo.sgd, ...), got {functional!r}"
             )
-    update = ParamGroupsUpdate(
-        transforms[0].update.algorithm, groups, transforms, extras
-    )
+    algorithm = cast(AlgorithmUpdate, transforms[0].update).algorithm
+    update = ParamGroupsUpdate(algorithm, groups, transforms, extras)
     return GradientTransformation(update.init, update)
 
 

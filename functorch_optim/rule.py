@@ -51,14 +51,29 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from .core import is_concrete
 
 Array = jax.Array
+
+
+class ScheduleFn(Protocol):
+    """A schedule as a hyperparameter takes one: a function of the step count (an
+    int32 array, traced) to the value. fo's schedules, optax's and a lambda all
+    are one. (A protocol rather than a ``Callable`` alias, so that the docs and
+    type checkers print its name.)"""
+
+    def __call__(self, count: Array, /) -> ArrayLike: ...
+
+
+# A numeric hyperparameter of a functional transform: a Python float (a constant),
+# a JAX scalar (traced: vmap or differentiate over it) or a schedule.
+Hyperparameter = float | Array | ScheduleFn
 
 
 class Options(dict):

@@ -41,7 +41,7 @@ LAYERS = [
         "functorch_optim.param_groups",
     ),
     ("functorch_optim.runner",),
-    ("functorch_optim.kernels",),
+    ("functorch_optim.kernels", "functorch_optim.doubled"),
     ("functorch_optim.rule",),
     (
         "functorch_optim.core",

@@ -12,6 +12,7 @@ from ..kernels import add, add_step, addcmul, mul
 from ..rule import (
     Algorithm,
     Array,
+    Hyperparameter,
     Options,
     check_foreach_differentiable,
     nonzero,
@@ -55,16 +56,16 @@ class AdadeltaState(NamedTuple):
 
 
 def adadelta(
-    lr=1.0,
-    rho=0.9,
-    eps=1e-6,
-    weight_decay=0,
-    foreach=None,
+    lr: Hyperparameter = 1.0,
+    rho: Hyperparameter = 0.9,
+    eps: Hyperparameter = 1e-6,
+    weight_decay: Hyperparameter = 0,
+    foreach: bool | None = None,
     *,
-    capturable=False,
-    maximize=False,
-    differentiable=False,
-) -> GradientTransformation:
+    capturable: bool = False,
+    maximize: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation[AdadeltaState]:
     r"""Adadelta (``torch.optim.Adadelta``).
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\rho` the decay

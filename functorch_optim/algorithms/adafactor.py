@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from ..core import GradientTransformation, scalar_dtype
 from ..functional import make_transform
 from ..kernels import add_step, lerp_kernel, mul, opmath_dtype
-from ..rule import Algorithm, Array, Options, nonzero, require
+from ..rule import Algorithm, Array, Hyperparameter, Options, nonzero, require
 
 
 def _validate(o: Options) -> None:
@@ -135,15 +135,15 @@ class AdafactorState(NamedTuple):
 
 
 def adafactor(
-    lr=1e-2,
-    beta2_decay=-0.8,
-    eps=(None, 1e-3),
-    d=1.0,
-    weight_decay=0.0,
+    lr: Hyperparameter = 1e-2,
+    beta2_decay: Hyperparameter = -0.8,
+    eps: tuple[Hyperparameter | None, Hyperparameter] = (None, 1e-3),
+    d: Hyperparameter = 1.0,
+    weight_decay: Hyperparameter = 0.0,
     *,
-    foreach=None,
-    maximize=False,
-) -> GradientTransformation:
+    foreach: bool | None = None,
+    maximize: bool = False,
+) -> GradientTransformation[AdafactorState]:
     r"""Adafactor (``torch.optim.Adafactor``).
 
     With :math:`G_t` the gradient (negated when ``maximize``), :math:`\tau` the

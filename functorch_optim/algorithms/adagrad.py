@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import exact, rounded_values
 from ..functional import make_transform
 from ..kernels import add, addcdiv_step, addcmul
 from ..rule import (
     Algorithm,
     Array,
+    Hyperparameter,
     Options,
     check_foreach_differentiable,
     check_fused_flags,
@@ -54,7 +56,7 @@ def _init(param, o: Options) -> dict:
 
 
 def _scalars(step, scalar_state, o: Options):
-    return {"clr": o.lr / (1 + (step - 1) * o.lr_decay)}, {}
+    return rounded_values({"clr": o.lr / (1 + (exact(step) - 1) * o.lr_decay)}, {})
 
 
 def _step(param, grad, state, o: Options):
@@ -76,17 +78,17 @@ class AdagradState(NamedTuple):
 
 
 def adagrad(
-    lr=1e-2,
-    lr_decay=0,
-    weight_decay=0,
-    initial_accumulator_value=0,
-    eps=1e-10,
-    foreach=None,
+    lr: Hyperparameter = 1e-2,
+    lr_decay: Hyperparameter = 0,
+    weight_decay: Hyperparameter = 0,
+    initial_accumulator_value: Hyperparameter = 0,
+    eps: Hyperparameter = 1e-10,
+    foreach: bool | None = None,
     *,
-    maximize=False,
-    differentiable=False,
-    fused=None,
-) -> GradientTransformation:
+    maximize: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation[AdagradState]:
     r"""Adagrad (``torch.optim.Adagrad``).
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\eta` the lr

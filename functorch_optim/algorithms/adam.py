@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import rounded_values
 from ..functional import make_transform
 from ..kernels import (
     TORCH_SCALAR_DTYPE,
@@ -16,12 +17,13 @@ from ..kernels import (
     apply_weight_decay,
     div,
     rdiv,
-    step_power,
+    step_powers,
     tensor_scalar,
 )
 from ..rule import (
     Algorithm,
     Array,
+    Hyperparameter,
     Options,
     check_foreach_differentiable,
     check_fused_flags,
@@ -81,12 +83,16 @@ def _scalars(step, scalar_state, o: Options):
             "denom_scale": jnp.sqrt(bias_correction2) * neg_step_size,
             "denom_eps": rdiv(o.eps, neg_step_size),
         }, {}
-    bias_correction1 = 1 - step_power(beta1, step)
-    bias_correction2 = 1 - step_power(beta2, step)
-    return {
-        "neg_step_size": -(o.lr / bias_correction1),
-        "bias_correction2_sqrt": bias_correction2**0.5,
-    }, {}
+    beta1_power, beta2_power = step_powers((beta1, step), (beta2, step))
+    bias_correction1 = 1 - beta1_power
+    bias_correction2 = 1 - beta2_power
+    return rounded_values(
+        {
+            "neg_step_size": -(o.lr / bias_correction1),
+            "bias_correction2_sqrt": bias_correction2**0.5,
+        },
+        {},
+    )
 
 
 def _step(param, grad, state, o: Options):
@@ -156,35 +162,35 @@ _ARGS = """
 
 
 def adam(
-    lr=1e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    weight_decay=0,
-    amsgrad=False,
+    lr: Hyperparameter = 1e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 0,
+    amsgrad: bool = False,
     *,
-    foreach=None,
-    maximize=False,
-    capturable=False,
-    differentiable=False,
-    fused=None,
-    decoupled_weight_decay=False,
-) -> GradientTransformation:
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+    decoupled_weight_decay: bool = False,
+) -> GradientTransformation[AdamState]:
     return make_transform(ADAM, locals())
 
 
 def adamw(
-    lr=1e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    weight_decay=1e-2,
-    amsgrad=False,
+    lr: Hyperparameter = 1e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 1e-2,
+    amsgrad: bool = False,
     *,
-    maximize=False,
-    foreach=None,
-    capturable=False,
-    differentiable=False,
-    fused=None,
-) -> GradientTransformation:
+    maximize: bool = False,
+    foreach: bool | None = None,
+    capturable: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation[AdamWState]:
     return make_transform(ADAMW, locals())
 
 

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import rounded_values
 from ..functional import make_transform
 from ..kernels import (
     TORCH_SCALAR_DTYPE,
@@ -17,7 +18,14 @@ from ..kernels import (
     step_power,
     tensor_scalar,
 )
-from ..rule import Algorithm, Array, Options, nonzero, validate_adam_like
+from ..rule import (
+    Algorithm,
+    Array,
+    Hyperparameter,
+    Options,
+    nonzero,
+    validate_adam_like,
+)
 
 
 def _init(param, o: Options) -> dict:
@@ -31,7 +39,7 @@ def _scalars(step, scalar_state, o: Options):
         step = step.astype(TORCH_SCALAR_DTYPE)
         neg_bias_correction = tensor_scalar(o.betas[0]) ** step - 1
         return {"neg_bias_correction": neg_bias_correction / tensor_scalar(o.lr)}, {}
-    return {"clr": o.lr / (1 - step_power(o.betas[0], step))}, {}
+    return rounded_values({"clr": o.lr / (1 - step_power(o.betas[0], step))}, {})
 
 
 def _step(param, grad, state, o: Options):
@@ -58,16 +66,16 @@ class AdamaxState(NamedTuple):
 
 
 def adamax(
-    lr=2e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    weight_decay=0,
-    foreach=None,
+    lr: Hyperparameter = 2e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 0,
+    foreach: bool | None = None,
     *,
-    maximize=False,
-    differentiable=False,
-    capturable=False,
-) -> GradientTransformation:
+    maximize: bool = False,
+    differentiable: bool = False,
+    capturable: bool = False,
+) -> GradientTransformation[AdamaxState]:
     r"""Adamax (``torch.optim.Adamax``): Adam with an infinity-norm second moment.
 
     With :math:`g_t` the gradient (negated when ``maximize``) and :math:`\lambda` the

@@ -7,11 +7,13 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
+from ..doubled import exact, maximum, rounded, rounded_values
 from ..functional import make_transform
 from ..kernels import TORCH_SCALAR_DTYPE, add, addcmul, mul, rdiv
 from ..rule import (
     Algorithm,
     Array,
+    Hyperparameter,
     Options,
     check_foreach_differentiable,
     nonzero,
@@ -44,27 +46,30 @@ def _scalars(step, scalar_state, o: Options):
         # and reads them as float32 tensors, not as .item() doubles
         step = step.astype(TORCH_SCALAR_DTYPE)
         one = jnp.ones((), TORCH_SCALAR_DTYPE)
-        return dict(scalar_state), {
+        eta = scalar_state["eta"]
+        return {**scalar_state, "decay": 1 - lambd * eta}, {
             "eta": rdiv(lr, (1 + lambd * lr * step) ** o.alpha),
             "mu": rdiv(1, jnp.maximum(step - o.t0, one)),
         }
-    new_eta = lr / ((1 + lambd * lr * step) ** o.alpha)
-    new_mu = 1 / jnp.maximum(1, step - o.t0)
+    count = exact(step)  # a Python int in torch
+    new_eta = lr / ((1 + lambd * lr * count) ** o.alpha)
+    new_mu = 1 / maximum(1, count - o.t0)
     # torch reads eta with .item(): the float32 value, then Python arithmetic.
-    return {
-        "eta": scalar_state["eta"].astype(scalar_dtype()),
-        "mu": scalar_state["mu"],
-    }, {
-        "eta": jnp.asarray(new_eta, TORCH_SCALAR_DTYPE),
-        "mu": jnp.asarray(new_mu, TORCH_SCALAR_DTYPE),
-    }
+    eta = exact(scalar_state["eta"].astype(scalar_dtype()))
+    return rounded_values(
+        {"eta": eta, "decay": 1 - lambd * eta, "mu": scalar_state["mu"]},
+        {
+            "eta": jnp.asarray(rounded(new_eta), TORCH_SCALAR_DTYPE),
+            "mu": jnp.asarray(rounded(new_mu), TORCH_SCALAR_DTYPE),
+        },
+    )
 
 
 def _step(param, grad, state, o: Options):
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
-    param = mul(param, 1 - o.lambd * o.eta)
+    param = mul(param, o.decay)
     ax = state["ax"]
     if o.capturable:  # torch multiplies by the eta tensor and always averages
         param = addcmul(param, grad, o.eta, -1)
@@ -88,16 +93,16 @@ class ASGDState(NamedTuple):
 
 
 def asgd(
-    lr=1e-2,
-    lambd=1e-4,
-    alpha=0.75,
-    t0=1e6,
-    weight_decay=0,
-    foreach=None,
-    maximize=False,
-    differentiable=False,
-    capturable=False,
-) -> GradientTransformation:
+    lr: Hyperparameter = 1e-2,
+    lambd: Hyperparameter = 1e-4,
+    alpha: Hyperparameter = 0.75,
+    t0: Hyperparameter = 1e6,
+    weight_decay: Hyperparameter = 0,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+    capturable: bool = False,
+) -> GradientTransformation[ASGDState]:
     r"""Averaged SGD (``torch.optim.ASGD``).
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\lambda` the

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from ..core import GradientTransformation
 from ..functional import make_transform
 from ..kernels import add_step, lerp_kernel, mul
-from ..rule import Algorithm, Array, Options, require
+from ..rule import Algorithm, Array, Hyperparameter, Options, require
 
 # torch's defaults, from Keller Jordan's Muon.
 EPS = 1e-7
@@ -143,15 +143,19 @@ class MuonState(NamedTuple):
 
 
 def muon(
-    lr=1e-3,
-    weight_decay=0.1,
-    momentum=0.95,
-    nesterov=True,
-    ns_coefficients=(DEFAULT_A, DEFAULT_B, DEFAULT_C),
-    eps=EPS,
-    ns_steps=DEFAULT_NS_STEPS,
-    adjust_lr_fn=None,
-) -> GradientTransformation:
+    lr: Hyperparameter = 1e-3,
+    weight_decay: Hyperparameter = 0.1,
+    momentum: Hyperparameter = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[Hyperparameter, Hyperparameter, Hyperparameter] = (
+        DEFAULT_A,
+        DEFAULT_B,
+        DEFAULT_C,
+    ),
+    eps: Hyperparameter = EPS,
+    ns_steps: int = DEFAULT_NS_STEPS,
+    adjust_lr_fn: str | None = None,
+) -> GradientTransformation[MuonState]:
     r"""Muon (``torch.optim.Muon``), for 2-D parameters.
 
     With :math:`g_t` the gradient, :math:`\mu` the momentum, :math:`\lambda` the

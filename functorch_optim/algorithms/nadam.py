@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
+from ..doubled import constant_power, exact, rounded, rounded_values
 from ..functional import make_transform
 from ..kernels import (
     TORCH_SCALAR_DTYPE,
@@ -17,8 +18,9 @@ from ..kernels import (
     div,
     mul,
     step_power,
+    step_powers,
 )
-from ..rule import Algorithm, Array, Options, validate_adam_like
+from ..rule import Algorithm, Array, Hyperparameter, Options, validate_adam_like
 
 
 def _validate(o: Options) -> None:
@@ -41,7 +43,7 @@ def _momentum_cache(beta1, step, momentum_decay):
 def _number(x, lr):
     """``x``, a Python double in torch, as it meets ``lr``: a tensor lr keeps its
     own dtype in torch's ``tensor / float``."""
-    return jnp.asarray(x, lr.dtype) if hasattr(lr, "dtype") else x
+    return jnp.asarray(rounded(x), lr.dtype) if hasattr(lr, "dtype") else x
 
 
 def _scalars(step, scalar_state, o: Options):
@@ -60,20 +62,37 @@ def _scalars(step, scalar_state, o: Options):
             "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product),
             "exp_avg_coefficient": -lr * mu_next / (1.0 - mu_product_next),
         }, {"mu_product": mu_product}
-    mu = _momentum_cache(beta1, step, o.momentum_decay)
-    mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
+    count = exact(step)  # a Python int in torch
+    psi = o.momentum_decay
+    if scalar_dtype() == jnp.float32 and isinstance(psi, (int, float)):
+        # 0.96 ** (t psi) is (0.96 ** psi) ** t: a power of a constant, as beta2's
+        # (exp and log of pairs would cost ten times more), and the next step's
+        # is one product more
+        decay = constant_power(0.96, psi)
+        beta2_power, decay_power = step_powers((beta2, step), (decay, step))
+        mu = beta1 * (1.0 - 0.5 * decay_power)
+        mu_next = beta1 * (1.0 - 0.5 * (decay_power * decay))
+    else:
+        beta2_power = step_power(beta2, step)
+        mu = _momentum_cache(beta1, count, psi)
+        mu_next = _momentum_cache(beta1, count + 1, psi)
     # torch multiplies its float32 mu_product tensor in place (in float32, mu
     # rounded to it; also when mu is a float64 array, as optax.inject_hyperparams
     # makes of momentum_decay), then reads it back with .item() for Python
     # arithmetic.
-    mu_product = scalar_state["mu_product"] * jnp.asarray(mu, TORCH_SCALAR_DTYPE)
-    mu_product_value = mu_product.astype(scalar_dtype())
+    mu_product = scalar_state["mu_product"] * jnp.asarray(
+        rounded(mu), TORCH_SCALAR_DTYPE
+    )
+    mu_product_value = exact(mu_product.astype(scalar_dtype()))
     mu_product_next = mu_product_value * mu_next
-    return {
-        "bias_correction2": 1 - step_power(beta2, step),
-        "grad_coefficient": -lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
-        "exp_avg_coefficient": (-lr * mu_next) / _number(1.0 - mu_product_next, lr),
-    }, {"mu_product": mu_product}
+    return rounded_values(
+        {
+            "bias_correction2": 1 - beta2_power,
+            "grad_coefficient": -lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
+            "exp_avg_coefficient": (-lr * mu_next) / _number(1.0 - mu_product_next, lr),
+        },
+        {"mu_product": mu_product},
+    )
 
 
 def _step(param, grad, state, o: Options):
@@ -105,18 +124,18 @@ class NAdamState(NamedTuple):
 
 
 def nadam(
-    lr=2e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    weight_decay=0,
-    momentum_decay=4e-3,
-    decoupled_weight_decay=False,
+    lr: Hyperparameter = 2e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 0,
+    momentum_decay: Hyperparameter = 4e-3,
+    decoupled_weight_decay: bool = False,
     *,
-    foreach=None,
-    maximize=False,
-    capturable=False,
-    differentiable=False,
-) -> GradientTransformation:
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation[NAdamState]:
     r"""NAdam (``torch.optim.NAdam``): Adam with Nesterov momentum.
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\lambda` the

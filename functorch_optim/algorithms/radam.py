@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import exact, rounded, rounded_values
 from ..functional import make_transform
 from ..kernels import (
     TORCH_SCALAR_DTYPE,
@@ -16,9 +17,9 @@ from ..kernels import (
     div,
     mul,
     opmath_dtype,
-    step_power,
+    step_powers,
 )
-from ..rule import Algorithm, Array, Options, validate_adam_like
+from ..rule import Algorithm, Array, Hyperparameter, Options, validate_adam_like
 
 
 def _init(param, o: Options) -> dict:
@@ -29,12 +30,15 @@ def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
     if o.capturable:
         # torch's capturable path: the same formulas on a float32 step tensor
-        step = step.astype(TORCH_SCALAR_DTYPE)
-    bias_correction2 = 1 - step_power(beta2, step)
+        step = count = step.astype(TORCH_SCALAR_DTYPE)
+    else:
+        count = exact(step)  # a Python int in torch
+    beta1_power, beta2_power = step_powers((beta1, step), (beta2, step))
+    bias_correction2 = 1 - beta2_power
 
     # Length of the approximated simple moving average: its limit and its value now.
     rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * step_power(beta2, step) / bias_correction2
+    rho_t = rho_inf - 2 * count * beta2_power / bias_correction2
     # The variance is tractable (rectify) only when rho_t > 5; the step count is
     # traced, so both branches are computed and one selected.
     rectify = rho_t > 5.0
@@ -42,16 +46,26 @@ def _scalars(step, scalar_state, o: Options):
     # number; a finite stand-in keeps NaN out of gradients taken through the step.
     rect = jnp.where(
         rectify,
-        ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-        ** 0.5,
+        rounded(
+            (
+                (rho_t - 4)
+                * (rho_t - 2)
+                * rho_inf
+                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            )
+            ** 0.5
+        ),
         1.0,
     )
-    return {
-        "bias_correction1": 1 - step_power(beta1, step),
-        "bias_correction2_sqrt": bias_correction2**0.5,
-        "rectify": rectify,
-        "rect": rect,
-    }, {}
+    return rounded_values(
+        {
+            "bias_correction1": 1 - beta1_power,
+            "bias_correction2_sqrt": bias_correction2**0.5,
+            "rectify": rectify,
+            "rect": rect,
+        },
+        {},
+    )
 
 
 def _step(param, grad, state, o: Options):
@@ -95,17 +109,17 @@ class RAdamState(NamedTuple):
 
 
 def radam(
-    lr=1e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    weight_decay=0,
-    decoupled_weight_decay=False,
+    lr: Hyperparameter = 1e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 0,
+    decoupled_weight_decay: bool = False,
     *,
-    foreach=None,
-    maximize=False,
-    capturable=False,
-    differentiable=False,
-) -> GradientTransformation:
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation[RAdamState]:
     r"""RAdam (``torch.optim.RAdam``): Adam with a rectified adaptive learning rate.
 
     With :math:`g_t` the gradient (negated when ``maximize``) and :math:`\lambda` the

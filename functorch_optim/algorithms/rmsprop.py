@@ -9,7 +9,14 @@ import jax.numpy as jnp
 from ..core import GradientTransformation
 from ..functional import make_transform
 from ..kernels import add, add_step, addcdiv, addcdiv_step, addcmul, lerp_kernel, mul
-from ..rule import Algorithm, Array, Options, nonzero, require_nonnegative
+from ..rule import (
+    Algorithm,
+    Array,
+    Hyperparameter,
+    Options,
+    nonzero,
+    require_nonnegative,
+)
 
 
 def _validate(o: Options) -> None:
@@ -67,17 +74,17 @@ class RMSpropState(NamedTuple):
 
 
 def rmsprop(
-    lr=1e-2,
-    alpha=0.99,
-    eps=1e-8,
-    weight_decay=0,
-    momentum=0,
-    centered=False,
-    capturable=False,
-    foreach=None,
-    maximize=False,
-    differentiable=False,
-) -> GradientTransformation:
+    lr: Hyperparameter = 1e-2,
+    alpha: Hyperparameter = 0.99,
+    eps: Hyperparameter = 1e-8,
+    weight_decay: Hyperparameter = 0,
+    momentum: Hyperparameter = 0,
+    centered: bool = False,
+    capturable: bool = False,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation[RMSpropState]:
     r"""RMSprop (``torch.optim.RMSprop``).
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\alpha` the

@@ -9,7 +9,14 @@ import jax.numpy as jnp
 from ..core import GradientTransformation
 from ..functional import make_transform
 from ..kernels import Increment
-from ..rule import Algorithm, Array, Options, known_value, require_nonnegative
+from ..rule import (
+    Algorithm,
+    Array,
+    Hyperparameter,
+    Options,
+    known_value,
+    require_nonnegative,
+)
 
 
 def _validate(o: Options) -> None:
@@ -71,15 +78,15 @@ class RpropState(NamedTuple):
 
 
 def rprop(
-    lr=1e-2,
-    etas=(0.5, 1.2),
-    step_sizes=(1e-6, 50),
+    lr: Hyperparameter = 1e-2,
+    etas: tuple[Hyperparameter, Hyperparameter] = (0.5, 1.2),
+    step_sizes: tuple[Hyperparameter, Hyperparameter] = (1e-6, 50),
     *,
-    capturable=False,
-    foreach=None,
-    maximize=False,
-    differentiable=False,
-) -> GradientTransformation:
+    capturable: bool = False,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation[RpropState]:
     r"""Rprop (``torch.optim.Rprop``): per-coordinate step sizes driven by signs.
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\eta_-,

@@ -12,6 +12,7 @@ from ..kernels import Increment
 from ..rule import (
     Algorithm,
     Array,
+    Hyperparameter,
     Options,
     check_fused_flags,
     known_value,
@@ -77,17 +78,17 @@ class SGDState(NamedTuple):
 
 
 def sgd(
-    lr=1e-3,
-    momentum=0,
-    dampening=0,
-    weight_decay=0,
-    nesterov=False,
+    lr: Hyperparameter = 1e-3,
+    momentum: Hyperparameter = 0,
+    dampening: Hyperparameter = 0,
+    weight_decay: Hyperparameter = 0,
+    nesterov: bool = False,
     *,
-    maximize=False,
-    foreach=None,
-    differentiable=False,
-    fused=None,
-) -> GradientTransformation:
+    maximize: bool = False,
+    foreach: bool | None = None,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation[SGDState]:
     r"""Stochastic gradient descent, optionally with momentum (``torch.optim.SGD``).
 
     With :math:`g_t` the gradient (negated when ``maximize``), :math:`\lambda` the

@@ -18,7 +18,7 @@ from ..checks import holds_state
 from ..core import GradientTransformation, is_bcoo, scalar_dtype
 from ..functional import make_transform
 from ..kernels import add, mul
-from ..rule import Algorithm, Array, Options, require
+from ..rule import Algorithm, Array, Hyperparameter, Options, require
 
 if TYPE_CHECKING:
     from jax.experimental import sparse
@@ -165,11 +165,11 @@ class SparseAdamState(NamedTuple):
 
 
 def sparse_adam(
-    lr=1e-3,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    maximize=False,
-) -> GradientTransformation:
+    lr: Hyperparameter = 1e-3,
+    betas: tuple[Hyperparameter, Hyperparameter] = (0.9, 0.999),
+    eps: Hyperparameter = 1e-8,
+    maximize: bool = False,
+) -> GradientTransformation[SparseAdamState]:
     r"""Lazy Adam for sparse gradients (``torch.optim.SparseAdam``).
 
     Gradients must be :class:`jax.experimental.sparse.BCOO` (duplicate indices are

@@ -133,8 +133,10 @@ class Optimizer(Hooks):
 
     A subclass names its :class:`~functorch_optim.rule.Algorithm` in the
     class attribute ``algorithm`` (its record also holds torch's facts: state at
-    construction, ``step`` as a tensor, constructor checks on the params);
-    :func:`~functorch_optim.optim.classes.optimizer_class` makes one per algorithm.
+    construction, ``step`` as a tensor, constructor checks on the params); the
+    classes of :mod:`functorch_optim.optim.classes` are written out, and
+    :func:`~functorch_optim.optim.classes.optimizer_class` makes one for an
+    algorithm of your own.
     ``step`` may be overridden (L-BFGS, see the extension points); the step hooks
     wrap every subclass's ``step`` automatically, as torch patches them.
 
