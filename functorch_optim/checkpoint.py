@@ -655,9 +655,15 @@ def _fit(value: Any, like: Any, path: str) -> Any:
                 f"{like.dtype}{list(like.shape)}",
             )
         sharding = getattr(like, "sharding", None)
-        if sharding is not None:  # place it as `like` is placed (devices, mesh)
-            return jax.device_put(value, sharding)
-        return value
+        if sharding is None:
+            return value
+        if isinstance(like, jax.Array) and not like.committed:
+            # placed as `like` is: an array made eagerly is not committed to its
+            # (the default) device, and jit keys on that, so a committed one would
+            # compile a step that `like` already compiled once more
+            return jax.numpy.asarray(value)
+        # place it as `like` is placed (devices, mesh), committed
+        return jax.device_put(value, sharding)
     if type(like) is dict:
         if type(value) is not dict or set(value) != set(like):
             have = sorted(map(repr, value)) if type(value) is dict else value

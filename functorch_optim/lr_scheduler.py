@@ -39,7 +39,7 @@ from typing import Any, SupportsFloat
 from weakref import ref
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from . import schedule_math as sm
 from .schedule_math import PY
@@ -94,16 +94,26 @@ def _format_param(name: str, optimizer, param) -> list:
     return [param] * len(optimizer.param_groups)
 
 
+def _host(value: Any) -> Any:
+    """A JAX array value as a NumPy value of its dtype, so the scheduler's arithmetic
+    on it runs on the host and compiles nothing (an op on a JAX array compiles a
+    program); any other value as it is."""
+    return np.asarray(value)[()] if isinstance(value, jax.Array) else value
+
+
 def _param_groups_val_list(optimizer, key: str) -> list:
-    # JAX arrays are immutable, so torch's defensive clones are not needed.
-    return [group[key] for group in optimizer.param_groups]
+    # torch clones tensor values; JAX arrays are immutable, so a host copy is
+    # taken only so that arithmetic on them compiles nothing.
+    return [_host(group[key]) for group in optimizer.param_groups]
 
 
 def _update_param_group_val(param_group: dict, key: str, val) -> None:
     """Set ``param_group[key]``, keeping an array value an array of its dtype, as
-    torch fills a tensor lr in place instead of replacing it by a float."""
+    torch fills a tensor lr in place instead of replacing it by a float. The cast
+    is made on the host: ``device_put`` compiles nothing (``jnp.asarray(v, dtype)``
+    compiles a conversion), and leaves the array uncommitted, as ``jnp.asarray``."""
     if isinstance(param_group[key], jax.Array):
-        param_group[key] = jnp.asarray(float(val), param_group[key].dtype)
+        param_group[key] = jax.device_put(np.asarray(val, param_group[key].dtype))
     else:
         param_group[key] = val
 
@@ -304,7 +314,7 @@ class LRScheduler:
         return _param_groups_val_list(self.optimizer, "lr")
 
     def _scaled_lrs(self, factor) -> list:
-        return [group["lr"] * factor for group in self.optimizer.param_groups]
+        return [_host(group["lr"]) * factor for group in self.optimizer.param_groups]
 
 
 class _LambdaScheduler(LRScheduler):
@@ -392,7 +402,7 @@ class MultiplicativeLR(_LambdaScheduler):
         if self._is_initial:
             return self._current_lrs()
         return [
-            group["lr"] * lmbda(self.last_epoch)
+            _host(group["lr"]) * lmbda(self.last_epoch)
             for lmbda, group in zip(
                 self.lr_lambdas, self.optimizer.param_groups, strict=True
             )
@@ -734,7 +744,7 @@ class CosineAnnealingLR(LRScheduler):
         if (self.last_epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
             # The recursion divides by 1 + cos(pi) = 0 here: step off the minimum.
             return [
-                group["lr"]
+                _host(group["lr"])
                 + (base_lr - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2
                 for base_lr, group in zip(
                     self.base_lrs, self.optimizer.param_groups, strict=True
@@ -743,7 +753,7 @@ class CosineAnnealingLR(LRScheduler):
         return [
             (1 + math.cos(math.pi * self.last_epoch / self.T_max))
             / (1 + math.cos(math.pi * (self.last_epoch - 1) / self.T_max))
-            * (group["lr"] - self.eta_min)
+            * (_host(group["lr"]) - self.eta_min)
             + self.eta_min
             for group in self.optimizer.param_groups
         ]

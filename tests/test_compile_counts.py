@@ -186,3 +186,64 @@ def test_averaged_models_share_one_compiled_update():
     assert len(compiles(lambda: ema[0].update_parameters(params))) == 1
     assert compiles(lambda: ema[1].update_parameters(later)) == []
     assert compiles(lambda: ema[1].load_state_dict(first.state_dict())) == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: fo.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+        lambda opt: fo.lr_scheduler.CosineAnnealingLR(opt, T_max=3),
+        lambda opt: fo.lr_scheduler.LambdaLR(opt, lambda epoch: 1 / (epoch + 1)),
+        lambda opt: fo.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=10),
+        lambda opt: fo.lr_scheduler.ReduceLROnPlateau(opt, patience=0),
+    ],
+    ids=["StepLR", "CosineAnnealingLR", "LambdaLR", "OneCycleLR", "ReduceLROnPlateau"],
+)
+def test_schedulers_compile_nothing(make):
+    """A scheduler computes and sets an array lr on the host (issue 26): its steps
+    compile nothing, whatever the lr's dtype (float16: one no other test casts
+    to), and the lr stays an array of its dtype, near the values a float lr gets."""
+    params = transformer_tree(1)
+    grads = ones_like(params)
+    # made on the host, so that no float16 cast is compiled before the scheduler's
+    held_lr = jax.device_put(np.asarray(0.25, np.float16))
+    held = fo.SGD(params, lr=held_lr, momentum=0.9)
+    loose = fo.SGD(params, lr=0.25, momentum=0.9)
+    held_sched, loose_sched = make(held), make(loose)
+    held.step(grads)
+    loose.step(grads)
+    # ReduceLROnPlateau steps on a metric (a constant one: it reduces every step)
+    metric = [1.0] if isinstance(held_sched, fo.lr_scheduler.ReduceLROnPlateau) else []
+    with Compiles() as seen:
+        for _ in range(4):
+            held_sched.step(*metric)
+    assert seen.events == []
+    for _ in range(4):
+        loose_sched.step(*metric)
+    lr = held.param_groups[0]["lr"]
+    assert isinstance(lr, jax.Array) and lr.dtype == jnp.float16
+    np.testing.assert_allclose(float(lr), loose.param_groups[0]["lr"], rtol=2e-3)
+
+
+def test_a_restored_state_runs_the_step_already_compiled(tmp_path):
+    """``restore(like=...)`` places each array as its ``like`` leaf is placed,
+    committed or not (issue 26): jit keys on that, so the step after a restore
+    runs the program the run before it compiled."""
+    params = transformer_tree(2)
+    grads = ones_like(params)
+    tx = fo.packed(fo.adam(lr=1e-3))
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(grads, state, params)
+        return fo.apply_updates(params, updates), state
+
+    fresh = tx.init(params)  # made eagerly: not committed
+    later_params, later = step(*step(params, fresh))  # a step's outputs: committed
+    path = tmp_path / "state.fockpt"
+    for at, state in ((params, fresh), (later_params, later)):
+        fo.checkpoint.save(path, state)
+        restored = fo.checkpoint.restore(path, like=state)
+        with Compiles() as seen:
+            jax.block_until_ready(step(at, restored))
+        assert seen.events == []

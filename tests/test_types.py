@@ -19,6 +19,8 @@ import torch
 
 import functorch_optim as fo
 from functorch_optim import optim
+from functorch_optim.lbfgs import iteration as lbfgs_iteration
+from functorch_optim.lbfgs import optimizer as lbfgs_optimizer
 from functorch_optim.optim import classes
 from functorch_optim.rule import Hyperparameter, StaticDefault
 
@@ -29,18 +31,19 @@ FACADE = sorted(
     and issubclass(getattr(fo, name), fo.Optimizer)
     and name != "Optimizer"
 )
-# The classes of functorch_optim/optim/classes.py; L-BFGS (functorch_optim.lbfgs)
-# is checked for its signature, which takes fo.lbfgs's options too.
+# The classes of functorch_optim/optim/classes.py; L-BFGS's is written out in
+# functorch_optim/lbfgs/optimizer.py, its functional's annotations are checked apart.
 WRITTEN_OUT = [name for name in FACADE if name != "LBFGS"]
 # Integer options that are counts, not float hyperparameters.
 COUNTS = {"ns_steps"}
 
 
-@pytest.mark.parametrize("name", WRITTEN_OUT)
+@pytest.mark.parametrize("name", FACADE)
 def test_facade_class_has_source(name):
     # "go to definition" and inspect.getsource land on the class statement
     cls = getattr(fo, name)
-    assert inspect.getsourcefile(cls) == classes.__file__
+    module = lbfgs_optimizer if name == "LBFGS" else classes
+    assert inspect.getsourcefile(cls) == module.__file__
     assert f"class {name}(Optimizer):" in inspect.getsource(cls).splitlines()
     assert "__signature__" not in vars(cls.__init__)
 
@@ -90,7 +93,7 @@ def _formatted(annotation) -> str:
     )
 
 
-@pytest.mark.parametrize("name", WRITTEN_OUT)
+@pytest.mark.parametrize("name", FACADE)
 def test_facade_annotations_are_torchs(name):
     """torch's annotations, ``Tensor`` read as ``Array`` (``params``: any of the
     facade's forms)."""
@@ -116,6 +119,23 @@ def test_functional_annotations(name):
         default = _unwrapped(p.default)
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             assert hints[option] == (int if option in COUNTS else Hyperparameter)
+
+
+def test_lbfgs_functional_annotations():
+    """``fo.lbfgs``: torch's ``LBFGS`` annotations (``lr`` a float or JAX scalar,
+    not a schedule; the counts ints), ``init`` typed by its state."""
+    hints = typing.get_type_hints(fo.lbfgs)
+    theirs = typing.get_type_hints(torch.optim.LBFGS.__init__)
+    del theirs["params"], theirs["return"]
+    assert hints.pop("return") == fo.GradientTransformation[lbfgs_iteration.LBFGSState]
+    assert {k: _formatted(v) for k, v in hints.items()} == {
+        k: _formatted(v) for k, v in theirs.items()
+    }
+    torchs = inspect.signature(torch.optim.LBFGS.__init__).parameters
+    ours = inspect.signature(fo.lbfgs).parameters
+    assert {k: p.default for k, p in ours.items()} == {
+        k: p.default for k, p in torchs.items() if k not in ("self", "params")
+    }
 
 
 def test_readme_usage_runs():

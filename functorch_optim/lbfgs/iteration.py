@@ -26,6 +26,9 @@ from ..sharding import explicit_sharding
 from .line_search import abs_max, strong_wolfe
 
 Array = jax.Array
+# The state of one L-BFGS transformation: torch's entries (and the ring buffers'
+# bookkeeping) by name, each an array (see :func:`init_state`).
+LBFGSState = dict[str, Array]
 
 # Ring-buffer bookkeeping kept next to torch's state entries: the physical row of
 # torch's ``old_dirs[0]`` and how many pairs torch's lists hold.
@@ -120,7 +123,7 @@ def _placed_like(x: Any, leaf: Any) -> Any:
     return x if sharding is None else jax.sharding.reshard(x, sharding)
 
 
-def init_state(flat: Any, history_size: int) -> dict:
+def init_state(flat: Any, history_size: int) -> LBFGSState:
     """The state before the first step, for a flat parameter vector ``flat`` (an
     array or a ``jax.ShapeDtypeStruct``: its shape and dtype)."""
     n, dtype = flat.shape[0], flat.dtype

@@ -10,14 +10,13 @@ the params as the closure sees them (``closure_params``), one state for all para
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from .. import interop
 from ..optim import Optimizer
-from ..rule import Algorithm
+from ..rule import Algorithm, Array
 from .compiled_step import compiled_step
 from .iteration import flat_struct, init_state
 from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout
@@ -51,7 +50,9 @@ ALGORITHM = Algorithm(
 )
 
 
-_SIGNATURE = inspect.signature(lbfgs)
+# What the constructor's locals() hold besides its options: the `__class__` cell is
+# there because the constructor calls super().
+_NOT_OPTIONS = frozenset({"self", "params", "__class__"})
 # compiled steps an optimizer keeps a reference to, one per closure key
 _COMPILED_CLOSURES = 8
 
@@ -87,10 +88,21 @@ class LBFGS(Optimizer):
     algorithm = ALGORITHM
     per_leaf = False
 
-    def __init__(self, params, *args, **kwargs) -> None:
-        given = _SIGNATURE.bind(*args, **kwargs)
-        given.apply_defaults()
-        super().__init__(params, lbfgs_options(**given.arguments))
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Array = 1,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        line_search_fn: str | None = None,
+    ) -> None:
+        # torch's signature, written out; its defaults are fo.lbfgs's
+        # (tests/test_types.py checks them against each other)
+        given = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
+        super().__init__(params, lbfgs_options(**given))
         if len(self.param_groups) != 1:
             raise ValueError(
                 "LBFGS doesn't support per-parameter options (parameter groups)"
@@ -98,16 +110,6 @@ class LBFGS(Optimizer):
         # the compiled steps this optimizer has run, by key (shared with other
         # optimizers: see compiled_step)
         self._compiled: OrderedDict[Any, Callable] = OrderedDict()
-
-    # inspect reads a function's __signature__, which typeshed does not declare
-    __init__.__signature__ = _SIGNATURE.replace(  # type: ignore[attr-defined]
-        parameters=[
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            *_SIGNATURE.parameters.values(),
-        ],
-        return_annotation=None,
-    )
 
     def step(self, closure):
         """One torch ``LBFGS.step(closure)``; returns the closure's first loss."""

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..checks import check_param_dtypes, flatten_params, holds_state
 from ..core import GradientTransformation, scalar_dtype, updates_between
-from ..rule import Options, check_scalar_lr, require
-from .iteration import flat_struct, init_state, step_flat
+from ..rule import Array, Options, check_scalar_lr, require
+from .iteration import LBFGSState, flat_struct, init_state, step_flat
 
 # Options that are plain values (they decide no shape and no code path): they may be
 # traced, so changing them between steps does not recompile.
@@ -68,14 +68,14 @@ def traced_values(options: Options) -> dict:
 
 
 def lbfgs(
-    lr=1,
-    max_iter=20,
-    max_eval=None,
-    tolerance_grad=1e-7,
-    tolerance_change=1e-9,
-    history_size=100,
-    line_search_fn=None,
-) -> GradientTransformation:
+    lr: float | Array = 1,
+    max_iter: int = 20,
+    max_eval: int | None = None,
+    tolerance_grad: float = 1e-7,
+    tolerance_change: float = 1e-9,
+    history_size: int = 100,
+    line_search_fn: str | None = None,
+) -> GradientTransformation[LBFGSState]:
     r"""L-BFGS (``torch.optim.LBFGS``): one ``update`` is one torch ``step(closure)``.
 
     Each of up to ``max_iter`` iterations takes the quasi-Newton direction
@@ -133,7 +133,7 @@ def lbfgs(
     # torch checks this at step(); a transformation can only say it before tracing
     check_line_search(options)
 
-    def init(params):
+    def init(params) -> LBFGSState:
         check_param_dtypes(params)
         return init_state(flat_struct(params), options.history_size)
 

@@ -144,6 +144,9 @@ def facade_quickstart(params: Params) -> Params:
     opt2.step(jax.grad(loss_fn)(opt2.params, *next(batches(1))))
     fo.AdamW(params, lr=jnp.asarray(3e-4), betas=(0.9, 0.95), maximize=False)
     fo.LBFGS(params, line_search_fn="strong_wolfe")
+    fo.LBFGS(params, lr=0.5, line_search_fn="strong_wolfe")
+    lbfgs_state = fo.lbfgs(lr=0.5).init(params)
+    assert_type(lbfgs_state["orig_loss"], jax.Array)
     return {**grouped[0], **grouped[1]}
 
 
@@ -200,6 +203,8 @@ def rejected(params: Params) -> None:
     fo.Adam(params, 1e-3, (0.9, 0.999), 1e-8, 0, False, None)  # type: ignore[call-arg]
     fo.adam(lr="1e-3")  # type: ignore[arg-type]
     fo.muon(ns_steps=5.0)  # type: ignore[arg-type]
+    fo.LBFGS(params, lrr=0.5)  # type: ignore[call-arg]
+    fo.lbfgs(history_size=10.0)  # type: ignore[arg-type]
     fo.adam().init(params).momentum_buffer = None  # type: ignore[attr-defined]
 
 
