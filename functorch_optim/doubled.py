@@ -16,7 +16,9 @@ count (or a float32 scalar torch reads as a double) a :class:`Doubled`, and Pyth
 arithmetic with it, with Python numbers and with JAX scalars, gives
 :class:`Doubled` results; :func:`rounded` then gives the float32 a torch kernel
 receives. With x64 on, :func:`exact` and :func:`rounded` return their argument, so
-the float64 path is unchanged.
+the float64 path is unchanged. The facade passes its Python float hyperparameters
+traced, as :class:`Float` pairs that compute as the Python floats would, so the
+same formulas serve it.
 
 Compile cost: the scalars are computed once per step, but XLA compiles each op
 (about 0.1 ms apiece on a CPU) and each kernel (milliseconds), and ``beta ** step``
@@ -51,6 +53,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src.lax import lax as lax_internal
 
 from .core import scalar_dtype
 
@@ -190,6 +193,8 @@ class Doubled:
     __slots__ = ("hi", "lo")
     # NumPy defers its operators to this class (``np.float32(2) * d``).
     __array_priority__ = 1000
+    # unhashable, as a tracer is: no static (hashed) part of a jit takes one
+    __hash__ = None  # type: ignore[assignment]
 
     def __init__(self, hi, lo) -> None:
         self.hi = hi
@@ -337,8 +342,165 @@ def exact(x: Any) -> Any:
 
 def rounded(x: Any) -> Any:
     """``x`` rounded once to float32 where it is a :class:`Doubled` (its ``hi``: the
-    float32 nearest ``hi + lo``); anything else as it is."""
+    float32 nearest ``hi + lo``; a :class:`Float`'s weakly typed, as its Python
+    float would be); anything else as it is."""
     return x.hi if isinstance(x, Doubled) else x
+
+
+def _weak(x):
+    """``x`` weakly typed, as a Python float passed to jit is: it takes the dtype
+    of the array it meets (bfloat16 params stay bfloat16)."""
+    return lax_internal._convert_element_type(x, weak_type=True)
+
+
+def _like(x: Any, array: Any):
+    """A float32 ``x`` as a Python float meets ``array``: in the array's dtype
+    where that is inexact (JAX's weak typing; torch's kernels round a double
+    scalar so), else as it is."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.inexact):
+        return x.astype(dtype)
+    return x
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float, Float)) and not isinstance(x, bool)
+
+
+@jax.tree_util.register_pytree_node_class
+class Float(Doubled):
+    """A Python float passed to a compiled step as a traced pair (the facade's
+    hyperparameters with x64 off, so that changing lr never recompiles), which
+    behaves as the Python float would: arithmetic with Python numbers and other
+    :class:`Float` values is exact (a :class:`Float`), with a :class:`Doubled` it
+    is pair arithmetic (a :class:`Doubled`), and with an array it is ``hi``'s,
+    the float32 nearest the double, in the array's dtype (an array). So a rule's
+    ``1 - beta`` and ``lr / (1 - beta ** step)`` round once, as torch's Python
+    doubles do, and ``beta * exp_avg`` is float32's as before. JAX functions take
+    ``rounded(x)``.
+
+    A hyperparameter (:meth:`split`) also carries its natural logarithm as a
+    pair (``log``, computed on the host), so that ``beta ** step`` is one
+    :func:`exp` (:func:`power`), a third of ``exp(log(beta) step)``'s ops.
+    """
+
+    __slots__ = ("log",)
+
+    def __init__(self, hi, lo, log: Doubled | None = None) -> None:
+        super().__init__(hi, lo)
+        self.log = log
+
+    def tree_flatten(self):
+        return (self.hi, self.lo, self.log), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children) -> Float:
+        return cls(*children)
+
+    @classmethod
+    def split(cls, value: float | np.floating) -> Float:
+        """``value`` (a Python float) as Python floats, computed on the host:
+        ``hi`` the float32 nearest, ``lo`` the float32 nearest the (exact) rest,
+        and its logarithm's pair (NaN where ``value <= 0``); jit takes them as
+        weakly typed float32 scalars."""
+        return cls(*_split_float(float(value)))
+
+    @classmethod
+    def _of(cls, x: Doubled) -> Float:
+        return cls(_weak(x.hi), _weak(x.lo))
+
+    def _binary(self, op, other: Any, reflected: bool = False) -> Any:
+        if isinstance(other, Doubled) and not isinstance(other, Float):
+            pair = Doubled(self.hi, self.lo)
+            return op(other, pair) if reflected else op(pair, other)
+        if _number(other):
+            pair = Doubled(self.hi, self.lo)
+            result = op(other, pair) if reflected else op(pair, other)
+            return Float._of(result) if isinstance(result, Doubled) else result
+        value = _like(self.hi, other)
+        return op(other, value) if reflected else op(value, other)
+
+    def __neg__(self) -> Float:
+        return Float(-self.hi, -self.lo)
+
+    def __add__(self, other: Any) -> Any:
+        return self._binary(operator.add, other)
+
+    def __radd__(self, other: Any) -> Any:
+        return self._binary(operator.add, other, True)
+
+    def __sub__(self, other: Any) -> Any:
+        return self._binary(operator.sub, other)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._binary(operator.sub, other, True)
+
+    def __mul__(self, other: Any) -> Any:
+        return self._binary(operator.mul, other)
+
+    def __rmul__(self, other: Any) -> Any:
+        return self._binary(operator.mul, other, True)
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._binary(operator.truediv, other)
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return self._binary(operator.truediv, other, True)
+
+    def __pow__(self, other: Any) -> Any:
+        return self._binary(operator.pow, other)
+
+    def __rpow__(self, other: Any) -> Any:
+        return self._binary(operator.pow, other, True)
+
+    def __gt__(self, other: Any):
+        return self._binary(operator.gt, other)
+
+    def __lt__(self, other: Any):
+        return self._binary(operator.lt, other)
+
+    def __ge__(self, other: Any):
+        return self._binary(operator.ge, other)
+
+    def __le__(self, other: Any):
+        return self._binary(operator.le, other)
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_float(value: float) -> tuple[float, float, Doubled]:
+    with np.errstate(over="ignore"):
+        hi = np.float32(value)
+    lo = np.float32(value - float(hi)) if np.isfinite(hi) else np.float32(0)
+    if value > 0 and math.isfinite(value):
+        log = _decimal_pair(decimal.Decimal(value).ln(_CONTEXT))
+    else:
+        log = (np.float32(np.nan), np.float32(0))
+    return float(hi), float(lo), Doubled(float(log[0]), float(log[1]))
+
+
+def float_powers(terms: Sequence[tuple[Doubled, Any]]) -> list[Doubled]:
+    """``base ** count`` of each ``(base, count)``: a traced pair ``base >= 0`` (a
+    :class:`Float`) and an integer count ``>= 1``, as ``exp(count log(base))``
+    with the logarithm the host's where the base carries it
+    (:meth:`Float.split`); within a few units of ``2**-48`` of ``|count
+    log(base)|`` relative (:func:`powers` is cheaper where the base is a Python
+    number). One :func:`exp` of a vector computes them all (each is about a
+    hundred ops)."""
+    logarithms = []
+    for base, _ in terms:
+        logarithm = getattr(base, "log", None)
+        if logarithm is None:
+            logarithm = log(Doubled(base.hi, base.lo))
+        logarithms.append(logarithm)
+    exponent = Doubled(
+        jnp.stack([jnp.asarray(x.hi, _F32) for x in logarithms]),
+        jnp.stack([jnp.asarray(x.lo, _F32) for x in logarithms]),
+    ) * of(jnp.stack([jnp.asarray(count, jnp.int32) for _, count in terms]))
+    result = exp(exponent)
+    return [
+        where(base.hi == 0, of(0.0), Doubled(result.hi[i], result.lo[i]))
+        for i, (base, _) in enumerate(terms)
+    ]
 
 
 def rounded_values(values: dict, new_scalars: dict) -> tuple[dict, dict]:

@@ -32,13 +32,15 @@ TORCH_SCALAR_DTYPE = jnp.float32
 def tensor_scalar(x):
     """A hyperparameter as torch's capturable path holds it: a Python number as a
     float32 scalar tensor (torch's scalar dtype), a tensor as it is."""
-    return jnp.asarray(x, TORCH_SCALAR_DTYPE) if isinstance(x, (int, float)) else x
+    if isinstance(x, (int, float, doubled.Float)):
+        return jnp.asarray(doubled.rounded(x), TORCH_SCALAR_DTYPE)
+    return x
 
 
 def rdiv(number, tensor):
     """torch's ``number / tensor`` for a scalar tensor: a Python number divides as
     ``tensor.reciprocal() * number`` (torch's ``__rtruediv__``), a tensor truly."""
-    if isinstance(number, (int, float)):
+    if isinstance(number, (int, float, doubled.Float)):
         return (1 / tensor) * number
     return number / tensor
 
@@ -52,11 +54,13 @@ def step_powers(*terms: tuple[Any, Array]) -> tuple[Any, ...]:
     rounds apart from ``pow``; ``step * 1.0`` is a weakly typed float, so the
     result has the dtype ``base ** step`` has. With x64 off, the powers of Python
     (or exact decimal) bases are pairs to double accuracy
-    (:func:`~functorch_optim.doubled.powers`, all from one lookup); a traced base
-    (a facade's hyperparameter, float32's rounding of torch's double: ``1 - beta``
-    is then 1e-5 from torch's whatever the power's accuracy) and a float step
-    (torch's capturable float32 tensor) give the float32 power, as before the
-    pairs."""
+    (:func:`~functorch_optim.doubled.powers`, all from one lookup), and so are
+    those of a facade's traced Python float (a
+    :class:`~functorch_optim.doubled.Float`:
+    :func:`~functorch_optim.doubled.float_powers`, by its logarithm, all from one
+    ``exp``); another traced base (a JAX scalar, which torch would hold as a
+    tensor) and a float step (torch's capturable float32 tensor) give the float32
+    power, as before the pairs."""
     paired = [
         i
         for i, (base, step) in enumerate(terms)
@@ -64,15 +68,24 @@ def step_powers(*terms: tuple[Any, Array]) -> tuple[Any, ...]:
         and isinstance(base, (int, float, decimal.Decimal))
         and jnp.issubdtype(jnp.result_type(step), jnp.integer)
     ]
-    results = {}
+    of_floats = [
+        i
+        for i, (base, step) in enumerate(terms)
+        if isinstance(base, doubled.Float)
+        and jnp.issubdtype(jnp.result_type(step), jnp.integer)
+    ]
+    results: dict[int, Any] = {}
+    if of_floats:
+        pairs = doubled.float_powers([terms[i] for i in of_floats])
+        results.update(zip(of_floats, pairs, strict=True))
     if paired:
         pairs = doubled.powers([terms[i] for i in paired])
-        results = dict(zip(paired, pairs, strict=True))
+        results.update(zip(paired, pairs, strict=True))
     for i, (base, step) in enumerate(terms):
         if i not in results:
             if jnp.issubdtype(jnp.result_type(step), jnp.integer):
                 step = step * 1.0
-            results[i] = base**step
+            results[i] = doubled.rounded(base) ** step
     return tuple(results[i] for i in range(len(terms)))
 
 
@@ -121,7 +134,7 @@ def cast(x: Any, dtype) -> Any:
     """``x`` in ``dtype``. No conversion is traced where ``x`` has it already, nor
     for a Python number (kept weakly typed): a tree of thousands of leaves traces
     every op of every leaf."""
-    if isinstance(x, (int, float, complex)) or x.dtype == dtype:
+    if isinstance(x, (int, float, complex, doubled.Float)) or x.dtype == dtype:
         return x
     return x.astype(dtype)
 
@@ -138,7 +151,8 @@ def lerp_kernel(start: Array, end: Array, weight: Any) -> Array:
     :func:`opmath_dtype` (so ``1 - weight`` is rounded as torch rounds it), one
     rounding back to ``start``'s dtype at the end."""
     dtype, opmath = start.dtype, opmath_dtype(start.dtype)
-    start, end, w = cast(start, opmath), cast(end, opmath), jnp.asarray(weight, opmath)
+    start, end = cast(start, opmath), cast(end, opmath)
+    w = jnp.asarray(doubled.rounded(weight), opmath)
     if isinstance(weight, (int, float)):
         # torch's branch, on the rounded weight, chosen now: one formula traced
         if abs(float(np.asarray(weight, opmath))) < 0.5:
@@ -186,7 +200,10 @@ def add_step(x: Array, y: Any, alpha: Any = 1) -> Increment:
     element falls in a SIMD vector; they agree with this to about one bfloat16 ulp.
     """
     op = opmath_dtype(x.dtype)
-    y = scalar(y, op) if isinstance(y, (int, float)) else cast(jnp.asarray(y), op)
+    if isinstance(y, (int, float, doubled.Float)):
+        y = scalar(y, op)
+    else:
+        y = cast(jnp.asarray(y), op)
     return Increment(x, _times(alpha, y, op))
 
 
@@ -217,10 +234,12 @@ def addcdiv(x: Array, t1: Array, t2: Array, value: Any = 1) -> Array:
 
 
 def scalar(x: Any, dtype) -> Any:
-    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed."""
+    """A scalar hyperparameter in ``dtype``, leaving Python numbers weakly typed
+    (a :class:`~functorch_optim.doubled.Float` rounded once, as torch rounds its
+    double)."""
     if isinstance(x, (int, float)):
         return x
-    return jnp.asarray(x, dtype)
+    return jnp.asarray(doubled.rounded(x), dtype)
 
 
 # --- step pieces ----------------------------------------------------------------

@@ -21,6 +21,7 @@ Every path that steps parameters goes through :func:`step_scalars` and
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,8 @@ from .checks import (
     is_none,
     leaf_names,
 )
-from .core import is_bcoo, is_concrete, updates_between
+from .core import is_bcoo, is_concrete, scalar_dtype, updates_between
+from .doubled import Doubled
 from .kernels import Increment, cast, opmath_dtype, to_complex, to_real
 from .rule import Algorithm, Options
 from .sharding import (
@@ -105,7 +107,7 @@ def run_rule(
     """
     if is_concrete(param):
         return _rule(algorithm, param, grad, state, options, as_update)
-    values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
+    values = _values(options)
     static = _StaticOptions.of(options, values)
     if static is None:
         return _rule(algorithm, param, grad, state, options, as_update)
@@ -129,7 +131,7 @@ def _rule(
 
     # The array values (the step's scalars, traced hyperparameters) are passed in,
     # not closed over: explicit_as_auto moves its arguments to auto mesh axes.
-    values = {k: v for k, v in options.items() if isinstance(v, jax.Array)}
+    values = _values(options)
 
     # whether the rule's result is an update, decided while tracing it (a Python
     # fact, so it leaves the rule beside its arrays, which explicit_as_auto shards)
@@ -161,6 +163,13 @@ def _rule(
     if as_update and not is_update:
         result = updates_between(result, param)
     return result, place_state(new_state, state, param)
+
+
+def _values(options: Options) -> dict:
+    """The options that are traced values: arrays (the step's scalars, traced
+    hyperparameters) and the facade's traced Python floats
+    (:class:`~functorch_optim.doubled.Float`, pairs of arrays)."""
+    return {k: v for k, v in options.items() if isinstance(v, (jax.Array, Doubled))}
 
 
 def _is_update(step: Increment, param: Any) -> bool:
@@ -251,13 +260,28 @@ def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
 
 
 def step_leaf(
-    algorithm: Algorithm, param: Any, grad: Any, state: dict, options: Options
+    algorithm: Algorithm,
+    param: Any,
+    grad: Any,
+    state: dict,
+    options: Options,
+    scalars: tuple[Options, dict] | None = None,
 ) -> tuple[Any, dict]:
     """One step of one leaf with its own state (``step``, scalar and array
-    entries), as torch steps each parameter."""
-    scalars = {k: state[k] for k in algorithm.scalar_names}
-    step_options, new_scalars = step_scalars(algorithm, state[STEP], scalars, options)
-    arrays = {k: v for k, v in state.items() if k != STEP and k not in scalars}
+    entries), as torch steps each parameter; ``scalars``, where given, is the
+    leaf's :func:`step_scalars` (computed with its group's,
+    :func:`_group_scalars`)."""
+    if scalars is None:
+        scalars = step_scalars(
+            algorithm,
+            state[STEP],
+            {k: state[k] for k in algorithm.scalar_names},
+            options,
+        )
+    step_options, new_scalars = scalars
+    arrays = {
+        k: v for k, v in state.items() if k != STEP and k not in algorithm.scalar_names
+    }
     new_param, new_arrays = run_rule(algorithm, param, grad, arrays, step_options)
     new_state = {STEP: state[STEP] + 1, **new_scalars, **new_arrays}
     return new_param, place_like(new_state, param)
@@ -273,11 +297,54 @@ def step_leaves(
     """Step a list of leaves sharing one set of options (one param group), each
     with its own state."""
     grads = [taken_grad(algorithm, g, options) for g in grads]
+    scalars = _group_scalars(algorithm, states, options)
     results = [
-        step_leaf(algorithm, p, g, s, options)
-        for p, g, s in zip(params, grads, states, strict=True)
+        step_leaf(algorithm, p, g, s, options, None if scalars is None else scalars[i])
+        for i, (p, g, s) in enumerate(zip(params, grads, states, strict=True))
     ]
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def _group_scalars(
+    algorithm: Algorithm, states: Sequence[dict], options: Options
+) -> list[tuple[Options, dict]] | None:
+    """Each leaf's :func:`step_scalars`, computed together with x64 off (None
+    otherwise, or for one leaf): each leaf keeps its own step count and scalar
+    state, but the step's scalar program (float32 pairs, a few hundred ops with
+    a hyperparameter's powers, :mod:`functorch_optim.doubled`) is traced and
+    compiled once for the group, on vectors of the leaves' values
+    (``jax.vmap``), not once per leaf."""
+    if scalar_dtype() != jnp.float32 or len(states) < 2:
+        return None
+    counts = jnp.stack([s[STEP] for s in states])
+    scalar_states = {
+        k: jnp.stack([jnp.asarray(s[k]) for s in states])
+        for k in algorithm.scalar_names
+    }
+    # the options the scalar part leaves as they are (or makes Python values):
+    # the same for every leaf, kept out of the vectors
+    kept: dict = {}
+
+    def scalars(count, scalar_state):
+        step_options, new_scalars = step_scalars(
+            algorithm, count, scalar_state, options
+        )
+        computed = {}
+        for k, v in step_options.items():
+            if isinstance(v, (jax.Array, Doubled)) and v is not options.get(k):
+                computed[k] = v
+            else:
+                kept[k] = v
+        return computed, new_scalars
+
+    computed, new_scalars = jax.vmap(scalars)(counts, scalar_states)
+    return [
+        (
+            Options({**kept, **jax.tree.map(operator.itemgetter(i), computed)}),
+            {k: v[i] for k, v in new_scalars.items()},
+        )
+        for i in range(len(states))
+    ]
 
 
 # --- the functional state -----------------------------------------------------------

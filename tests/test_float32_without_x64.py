@@ -1,9 +1,11 @@
 """float32 parity with JAX's x64 off, as most users run, equals parity with it on.
 
 torch computes the per-step scalars (bias corrections, step sizes, ASGD's eta and
-mu, NAdam's momentum products) in Python double; without x64 the rules compute them
-in float32 pairs (:mod:`functorch_optim.doubled`). The comparison runs the same
-float32 cases against torch in a fresh process with x64 off and here, with x64 on
+mu, NAdam's momentum products, ``1 - beta``) in Python double; without x64 the rules
+compute them in float32 pairs (:mod:`functorch_optim.doubled`), from Python floats
+in the functional transforms and from the facade's traced pairs
+(:class:`~functorch_optim.doubled.Float`). The comparison runs the same float32
+cases against torch in a fresh process with x64 off and here, with x64 on
 (tests/conftest.py), and requires the first to be as close as the second.
 """
 
@@ -98,8 +100,32 @@ def measure() -> dict:
             updates, _ = update([jnp.asarray(g)], ours, [jnp.asarray(start)])
             new = fo.apply_updates(jnp.asarray(start), updates[0])
             one_step = max(one_step, ulps(new, t.detach().numpy()))
-        results[name] = {"one_step": one_step, "trajectory": trajectory}
+        results[name] = {
+            "one_step": one_step,
+            "trajectory": trajectory,
+            **_measure_facade(torch_name, options, p0, grads),
+        }
     return results
+
+
+def _measure_facade(torch_name: str, options: dict, p0, grads) -> dict:
+    """The facade's largest distance to torch over the steps, in ulps, and how
+    many programs it compiled for a step after an lr change (none: the
+    hyperparameters are traced, as pairs with x64 off)."""
+    tensor = torch.tensor(p0, requires_grad=True)
+    torch_opt = getattr(torch.optim, torch_name)([tensor], **options)
+    opt = getattr(fo.optim, torch_name)([jnp.asarray(p0)], **options)
+    facade = 0
+    for g in grads:
+        tensor.grad = torch.tensor(g)
+        torch_opt.step()
+        opt.step([jnp.asarray(g)])
+        facade = max(facade, ulps(opt.params[0], tensor.detach().numpy()))
+    compiles = fo.optim.compile_count()
+    opt.param_groups[0]["lr"] = options["lr"] / 2
+    opt.step([jnp.asarray(grads[0])])
+    jax.block_until_ready(opt.params)
+    return {"facade": facade, "recompiled": fo.optim.compile_count() - compiles}
 
 
 def _measure_without_x64() -> subprocess.Popen:
@@ -124,7 +150,13 @@ def test_float32_is_as_close_to_torch_without_x64_as_with_it():
     on alike: Adam 1/2, AdamW 1/8, NAdam 2/2, RAdam 1/2, RMSprop 74/69 (torch's
     centered root rounds apart; no per-step scalar), Adamax 0/0, ASGD 1/11,
     Adagrad 1/1, Adadelta 1/1, SGD 1/2. Before the pairs, x64 off: Adam 7/57,
-    NAdam 13/47, RAdam 42/429, Adamax 1/3."""
+    NAdam 13/47, RAdam 42/429, Adamax 1/3.
+
+    The facade (``fo.optim``, 20 steps), x64 off and on alike: Adam 2, AdamW 8,
+    NAdam 2, RAdam 2, RMSprop 70, Adamax 0, ASGD 11, Adagrad 1, Adadelta 1, SGD 2;
+    before its traced pairs, x64 off: Adam 9, NAdam 8, RAdam 25, RMSprop 523
+    (``1 - alpha`` from float32's alpha), Adamax 2. An lr change compiles
+    nothing either way."""
     process = _measure_without_x64()  # runs beside this process's measurement
     assert jax.config.jax_enable_x64
     with_x64 = measure()
@@ -136,10 +168,16 @@ def test_float32_is_as_close_to_torch_without_x64_as_with_it():
         for name in CASES
         if any(
             without_x64[name][k] > max(with_x64[name][k], 1)
-            for k in ("one_step", "trajectory")
+            for k in ("one_step", "trajectory", "facade")
         )
     }
     assert not worse, f"x64 off further from torch than x64 on: {worse}"
+    recompiled = {
+        name: (without_x64[name]["recompiled"], with_x64[name]["recompiled"])
+        for name in CASES
+        if without_x64[name]["recompiled"] or with_x64[name]["recompiled"]
+    }
+    assert not recompiled, f"an lr change recompiled the facade's step: {recompiled}"
 
 
 # --- the pair arithmetic against exact decimal arithmetic -------------------------
@@ -171,9 +209,9 @@ def test_power_of_a_python_float_is_double_accurate(beta):
 
 def test_step_powers_pair_python_bases_only():
     """With x64 off, a Python base's power is a pair, and NAdam's ``0.96 ** (t
-    psi)`` a power of the exact ``0.96 ** psi``; a traced base (a facade's beta,
-    float32's rounding of torch's double, 1e-8 from it whatever the power's
-    accuracy) gives float32's power, as before the pairs."""
+    psi)`` a power of the exact ``0.96 ** psi``; a traced JAX scalar base (which
+    torch would hold as a float32 tensor) gives float32's power, as before the
+    pairs (a facade's beta is a traced pair: the next test)."""
     step = jnp.int32(1000)
     with jax.enable_x64(False):
         paired, traced = jax.jit(lambda n, beta: step_powers((0.999, n), (beta, n)))(
@@ -189,6 +227,39 @@ def test_step_powers_pair_python_bases_only():
     exponent = _EXACT.multiply(1000, decimal.Decimal(0.004))
     exact = _EXACT.power(decimal.Decimal(0.96), exponent)
     assert _relative_error(decay_power, exact) < 3e-14
+
+
+@pytest.mark.parametrize("beta", [0.9, 0.999, 0.95, 0.9999])
+def test_power_of_a_traced_python_float_is_double_accurate(beta):
+    """The facade's hyperparameters with x64 off are traced pairs, split on the
+    host with their logarithm (doubled.Float.split): ``beta ** step`` is then a
+    pair to about ``2**-48`` of ``step log(beta)``, whatever the step."""
+    counts = [1, 2, 3, 7, 10, 100, 1000, 12345, 2**17 - 1, 10**5, 10**6, 2**20 - 1]
+    with jax.enable_x64(False):
+        power = jax.jit(lambda b, n: step_powers((b, n))[0])
+        results = [power(doubled.Float.split(beta), np.int32(n)) for n in counts]
+    for count, result in zip(counts, results, strict=True):
+        exact = _EXACT.power(decimal.Decimal(beta), count)
+        if exact < decimal.Decimal("1e-30"):  # lo below float32's normal range
+            continue
+        scale = abs(_EXACT.multiply(count, decimal.Decimal(beta).ln(_EXACT)))
+        assert _relative_error(result, exact) < 3e-14 * max(1, float(scale)), count
+
+
+def test_a_traced_python_float_computes_as_the_python_float():
+    """doubled.Float: with Python numbers, exact (``1 - 0.99`` rounds once, as
+    torch's double does); with an array, the float32 nearest it, in the array's
+    dtype (a bfloat16 array stays bfloat16, as with a Python float)."""
+    with jax.enable_x64(False):
+        compiled = jax.jit(lambda x, a: (1 - x, x * a, a * (1 - x), x / 3 > 0.33))
+        one_minus, scaled, scaled_difference, compared = compiled(
+            doubled.Float.split(0.99), jnp.ones(3, jnp.bfloat16)
+        )
+    assert isinstance(one_minus, doubled.Float)
+    assert float(doubled.rounded(one_minus)) == float(np.float32(1 - 0.99))
+    assert float(doubled.rounded(one_minus)) != float(1 - np.float32(0.99))
+    assert scaled.dtype == scaled_difference.dtype == jnp.bfloat16
+    assert bool(compared)
 
 
 # Python constants meet traced values: XLA must not fold the error terms away.

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation, scalar_dtype
+from ..doubled import rounded
 from ..functional import make_transform
 from ..kernels import add_step, lerp_kernel, mul, opmath_dtype
 from ..rule import Algorithm, Array, Hyperparameter, Options, nonzero, require
@@ -76,7 +77,7 @@ def _scalars(step, scalar_state, o: Options):
     step_float = step.astype(scalar_dtype())
     return {
         "one_minus_beta2_t": step_float**o.beta2_decay,
-        "rho_t": jnp.minimum(o.lr, 1 / jnp.sqrt(step_float)),
+        "rho_t": jnp.minimum(rounded(o.lr), 1 / jnp.sqrt(step_float)),
     }, {}
 
 
@@ -88,7 +89,7 @@ def _step(param, grad, state, o: Options):
         raise ZeroDivisionError("float division by zero")
     dtype, opmath = param.dtype, opmath_dtype(param.dtype)
     grad = -grad if o.maximize else grad
-    eps1, eps2 = o.eps
+    eps1, eps2 = map(rounded, o.eps)
     if eps1 is None:
         eps1 = float(jnp.finfo(dtype).eps)
     lr = o.lr

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import rounded
 from ..functional import make_transform
 from ..kernels import add_step, lerp_kernel, mul
 from ..rule import Algorithm, Array, Hyperparameter, Options, require
@@ -121,11 +122,12 @@ def _step(param, grad, state, o: Options):
     momentum = o.momentum
     buf = lerp_kernel(state["momentum_buffer"], grad, 1 - momentum)
     update = lerp_kernel(grad, buf, momentum) if o.nesterov else buf
-    ortho = zeropower_via_newtonschulz(update, o.ns_coefficients, o.ns_steps, o.eps)
+    eps = rounded(o.eps)
+    ortho = zeropower_via_newtonschulz(update, o.ns_coefficients, o.ns_steps, eps)
     if not o.nesterov and buf.dtype == jnp.bfloat16:
         # For a bfloat16 buffer torch's ``update.bfloat16()`` is the buffer itself,
         # and the in-place normalisation writes into momentum_buffer.
-        buf = _normalized_bf16(buf, o.eps)
+        buf = _normalized_bf16(buf, eps)
     lr = adjusted_lr(o.lr, o.adjust_lr_fn, param.shape)
 
     param = mul(param, 1 - o.lr * o.weight_decay)

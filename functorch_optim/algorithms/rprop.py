@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import rounded
 from ..functional import make_transform
 from ..kernels import Increment
 from ..rule import (
@@ -44,8 +45,8 @@ def _torch_sign(x):
 
 
 def _step(param, grad, state, o: Options):
-    etaminus, etaplus = o.etas
-    step_size_min, step_size_max = o.step_sizes
+    etaminus, etaplus = map(rounded, o.etas)
+    step_size_min, step_size_max = map(rounded, o.step_sizes)
     dtype = param.dtype
     grad = -grad if o.maximize else grad
     prev, step_size = state["prev"], state["step_size"]

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from ..core import GradientTransformation
+from ..doubled import rounded
 from ..functional import make_transform
 from ..kernels import Increment
 from ..rule import (
@@ -52,7 +53,7 @@ def _scalars(step, scalar_state, o: Options):
     if not nonzero(o.dampening):
         return {}, {}
     # torch's first step is undampened: (1 - tau) g from the second step on
-    return {"grad_factor": jnp.where(step == 1, 1.0, 1 - o.dampening)}, {}
+    return {"grad_factor": jnp.where(step == 1, 1.0, rounded(1 - o.dampening))}, {}
 
 
 def _step(param, grad, state, o: Options):

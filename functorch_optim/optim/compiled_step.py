@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import packing
+from ..core import scalar_dtype
+from ..doubled import Float
 from ..rule import Algorithm, Options
 from ..runner import step_leaf, step_leaves
 from ..sharding import constrain, static_sharding
@@ -53,7 +55,11 @@ def split_option(value: Any, traced: list, static_zero: bool = False) -> Any:
     """The static part of an option; its traced scalars are appended to ``traced``.
 
     Python floats (and arrays) travel as traced scalars: a Python float passed to
-    jit is weakly typed, so it does not promote float32/bfloat16 params. With
+    jit is weakly typed, so it does not promote float32/bfloat16 params. With x64
+    off a Python float travels as a :class:`~functorch_optim.doubled.Float`, two
+    such float32 scalars (the float32 nearest it and the rest), so the rules
+    compute ``1 - beta``, bias corrections and step sizes from it as torch does
+    in Python double, rounded once. With
     ``static_zero`` a float equal to 0 stays static, so the rules' ``nonzero``
     skips the term (and the state) as torch's ``if x != 0`` does. Integers, flags,
     strings and None are static.
@@ -65,7 +71,11 @@ def split_option(value: Any, traced: list, static_zero: bool = False) -> Any:
     if isinstance(value, (float, np.floating)):
         if static_zero and value == 0:
             return float(value)
-        traced.append(float(value))
+        # with x64 off, as a pair of float32s: the rules' scalar arithmetic is then
+        # torch's Python double's, as with a Python float (doubled.Float)
+        traced.append(
+            Float.split(value) if scalar_dtype() == jnp.float32 else float(value)
+        )
         return _TRACED
     if isinstance(value, (tuple, list)):
         return tuple(split_option(v, traced) for v in value)
