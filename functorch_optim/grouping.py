@@ -80,8 +80,7 @@ def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]
             unknown = sorted(set(selector) - set(names))
             if unknown:
                 raise ValueError(
-                    f"param group {g} names params that are not in the tree: "
-                    f"{unknown}"
+                    f"param group {g} names params that are not in the tree: {unknown}"
                 )
         takers.append(_takes(selector, g))
     assignment = []

@@ -357,6 +357,7 @@ def test_recipe_checkpoints_without_names_extra_keys_and_a_grouped_scheduler():
     sd = fo.interop.torch_state_dict(tx, state, params, order=model)
     assert [g["lr_scale"] for g in sd["param_groups"]] == [0.5, 1.0]
     schedules = [fo.step_lr(0.05, step_size=2)] * 2
-    assert fo.interop.torch_scheduler_state_dict(
-        schedules, state.count
-    ) == torch_sched.state_dict()
+    assert (
+        fo.interop.torch_scheduler_state_dict(schedules, state.count)
+        == torch_sched.state_dict()
+    )

@@ -29,6 +29,7 @@ from ..core import is_concrete
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
+
 class _Depth(threading.local):
     """How many counted calls this thread is inside."""
 
