@@ -56,6 +56,16 @@ def _takes(selector: Any, g: int) -> Callable[[str, Any], bool]:
     return lambda name, leaf: name in wanted
 
 
+def checked_group(group: Any, g: int) -> Mapping[str, Any]:
+    """``group`` (param group ``g``), which must be a dict with a ``"params"``
+    selector (a TypeError naming it otherwise)."""
+    if not isinstance(group, Mapping) or "params" not in group:
+        raise TypeError(
+            f"param group {g} must be a dict with a 'params' selector, got {group!r}"
+        )
+    return group
+
+
 def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]:
     """For each leaf of ``params`` (in ``jax.tree`` order), the index of the first
     group whose ``"params"`` selector takes it.
@@ -70,12 +80,7 @@ def assign_groups(params: Any, groups: Sequence[Mapping[str, Any]]) -> list[int]
     leaves = jax.tree.leaves(params)
     takers = []
     for g, group in enumerate(groups):
-        if not isinstance(group, Mapping) or "params" not in group:
-            raise TypeError(
-                f"param group {g} must be a dict with a 'params' selector, got "
-                f"{group!r}"
-            )
-        selector = group["params"]
+        selector = checked_group(group, g)["params"]
         if not callable(selector):
             unknown = sorted(set(selector) - set(names))
             if unknown:

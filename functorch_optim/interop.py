@@ -330,6 +330,12 @@ def _names_of_order(order: Any) -> tuple[list[str], list[list[str]] | None]:
     return list(order), None
 
 
+def _differences(wanted: list[str], given: list[str]) -> tuple[list[str], list[str]]:
+    """The names of ``wanted`` that ``given`` lacks, and those ``given`` has beyond
+    it, each in its list's order."""
+    return [n for n in wanted if n not in given], [n for n in given if n not in wanted]
+
+
 def _stored(states: dict, pid: Any) -> Any:
     """The state of torch id ``pid`` (ids are ints, or strings after a JSON
     round trip); None where it has none."""
@@ -366,8 +372,7 @@ def renumbered(state_dict: dict, order: Any) -> dict:
             sorted(group, key=lambda n: rank.get(n, len(rank))) for group in ours
         ]
     for g, (mine, theirs) in enumerate(zip(ours, group_names, strict=True)):
-        missing = [n for n in theirs if n not in mine]
-        extra = [n for n in mine if n not in theirs]
+        missing, extra = _differences(theirs, mine)
         if missing or extra:
             raise ValueError(
                 f"param group {g}: torch's order names {theirs}; missing from the "
@@ -398,8 +403,7 @@ def _in_torch_id_order(
     """The leaves' names in the order of torch's ids: torch numbers its params
     group by group, each group's as the model (``ranked``, its order by name)
     lists them, as recipes build groups from ``model.named_parameters()``."""
-    unknown = [n for n in ranked if n not in names]
-    unnamed = [n for n in names if n not in ranked]
+    unknown, unnamed = _differences(ranked, names)
     if unknown or unnamed:
         raise ValueError(
             f"order names {unknown}, which params does not have, and not "
@@ -648,8 +652,7 @@ def load_torch_state(
     members = update.members(params) if grouped else [list(range(treedef.num_leaves))]
     if all("param_names" in group for group in groups):
         torch_names = [n for group in groups for n in group["param_names"]]
-        missing = [n for n in names if n not in torch_names]
-        extra = [n for n in torch_names if n not in names]
+        missing, extra = _differences(names, torch_names)
         if missing or extra:
             raise ValueError(
                 f"torch's state dict names params {torch_names}; params missing "
@@ -681,7 +684,7 @@ def load_torch_state(
     per_leaf: list[dict] = []
     for name in names:
         pid = id_of[name]
-        saved = saved_states.get(pid, saved_states.get(str(pid), {})) or {}
+        saved = _stored(saved_states, pid) or {}
         unknown = [k for k in saved if k not in algorithm.state_names]
         if unknown:
             raise ValueError(
@@ -806,8 +809,7 @@ def _check_torch_groups(
     for g, (group, leaves) in enumerate(zip(torch_groups, members, strict=True)):
         theirs = list(group.get("param_names") or [name_of[p] for p in group["params"]])
         ours = [names[i] for i in leaves]
-        missing = [n for n in ours if n not in theirs]
-        extra = [n for n in theirs if n not in ours]
+        missing, extra = _differences(ours, theirs)
         if missing or extra:
             raise ValueError(
                 f"torch's param group {g} has params {theirs}, the transform's group "

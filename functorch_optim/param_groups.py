@@ -54,7 +54,7 @@ import numpy as np
 from .checks import check_param_dtypes
 from .core import GradientTransformation
 from .functional import AlgorithmUpdate
-from .grouping import assign_groups
+from .grouping import assign_groups, checked_group
 from .rule import Algorithm, Options
 from .runner import array_names, checked_leaves
 
@@ -231,14 +231,6 @@ class ParamGroupsUpdate:
         return self.algorithm.state_type(count=count, **fields)
 
 
-def _checked_group(group: Any, g: int) -> Mapping[str, Any]:
-    if not isinstance(group, Mapping) or "params" not in group:
-        raise TypeError(
-            f"param group {g} must be a dict with a 'params' selector, got {group!r}"
-        )
-    return group
-
-
 def with_param_groups(
     functional: Callable[..., GradientTransformation],
     groups: Sequence[Mapping[str, Any]],
@@ -305,7 +297,7 @@ def with_param_groups(
     """
     if not groups:
         raise ValueError("optimizer got an empty parameter list")
-    groups = tuple(_checked_group(group, g) for g, group in enumerate(groups))
+    groups = tuple(checked_group(group, g) for g, group in enumerate(groups))
     accepted = inspect.signature(functional).parameters
     transforms = tuple(
         functional(**{**defaults, **{k: v for k, v in g.items() if k in accepted}})
