@@ -8,19 +8,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import interop, lr_scheduler, schedules
-from .algorithms.adadelta import AdadeltaState, adadelta
-from .algorithms.adafactor import AdafactorState, adafactor
-from .algorithms.adagrad import AdagradState, adagrad
-from .algorithms.adam import AdamState, AdamWState, adam, adamw
-from .algorithms.adamax import AdamaxState, adamax
-from .algorithms.asgd import ASGDState, asgd
-from .algorithms.muon import MuonState, muon
-from .algorithms.nadam import NAdamState, nadam
-from .algorithms.radam import RAdamState, radam
-from .algorithms.rmsprop import RMSpropState, rmsprop
-from .algorithms.rprop import RpropState, rprop
-from .algorithms.sgd import SGDState, sgd
-from .algorithms.sparse_adam import SparseAdamState, sparse_adam
 from .clipping import (
     clip_by_total_norm,
     clip_grad_norm,
@@ -34,24 +21,15 @@ from .grouping import CarvedGroups, carve_groups
 from .lbfgs import LBFGS, lbfgs
 from .nonfinite import SkipNonfiniteState, all_finite, skip_nonfinite
 from .optim import (
-    ASGD,
-    SGD,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Muon,
-    NAdam,
     Optimizer,
-    RAdam,
-    RMSprop,
-    Rprop,
-    SparseAdam,
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
+from .optim import classes as _registry
+
+# Each algorithm's facade class, functional and state type, as the registry lists
+# them (its __all__): adding an algorithm adds no line here.
+from .optim.classes import *  # noqa: F403
 from .packing import PackedState, packed
 from .param_groups import ParamGroupsState, set_group_options, with_param_groups
 from .schedules import (
@@ -98,21 +76,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # torch-style facade (functorch_optim.optim) and torch interop
-    "ASGD",
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "Muon",
-    "NAdam",
     "Optimizer",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "SGD",
-    "SparseAdam",
     "CarvedGroups",
     "carve_groups",
     "interop",
@@ -121,14 +85,6 @@ __all__ = [
     "register_optimizer_step_pre_hook",
     # functional
     "GradientTransformation",
-    "adadelta",
-    "adagrad",
-    "adam",
-    "adamw",
-    "adamax",
-    "asgd",
-    "nadam",
-    "radam",
     "apply_updates",
     "chain",
     "clip_by_total_norm",
@@ -139,31 +95,10 @@ __all__ = [
     "global_norm",
     "LBFGS",
     "lbfgs",
-    "sgd",
-    "adafactor",
-    "muon",
-    "rmsprop",
-    "rprop",
-    "sparse_adam",
     "PackedState",
     "with_param_groups",
     "set_group_options",
-    # functional states, one per algorithm
-    "ASGDState",
-    "AdadeltaState",
-    "AdafactorState",
-    "AdagradState",
-    "AdamState",
-    "AdamWState",
-    "AdamaxState",
     "ParamGroupsState",
-    "MuonState",
-    "NAdamState",
-    "RAdamState",
-    "RMSpropState",
-    "RpropState",
-    "SGDState",
-    "SparseAdamState",
     "packed",
     "SkipNonfiniteState",
     "all_finite",
@@ -192,3 +127,5 @@ __all__ = [
     "per_epoch",
     "Schedule",
 ]
+# every algorithm's facade class, functional and state type: optim/classes.py
+__all__ += _registry.__all__

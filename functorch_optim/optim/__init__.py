@@ -11,26 +11,11 @@ Modules, each importing only those above it (and the library's lower layers;
 - :mod:`.compiled_step`: the one jitted step over all groups;
 - :mod:`.state_dict`: torch's state-dict format, both ways;
 - :mod:`.optimizer`: the :class:`Optimizer` base and its extension points;
-- :mod:`.classes`: the class factory and ``SGD``, ``Adam``, ...
+- :mod:`.classes`: the registry of algorithms (``fo.SGD``, ``fo.Adam``, ... with
+  their functionals and states) and the class factory.
 """
 
-from .classes import (
-    ASGD,
-    SGD,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Muon,
-    NAdam,
-    RAdam,
-    RMSprop,
-    Rprop,
-    SparseAdam,
-    optimizer_class,
-)
+from .classes import optimizer_class
 from .compiles import compile_count
 from .hooks import (
     RemovableHandle,
@@ -40,23 +25,9 @@ from .hooks import (
 from .optimizer import Optimizer, ParamsAsGiven
 
 __all__ = [
-    "ASGD",
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "Muon",
-    "NAdam",
     "Optimizer",
     "ParamsAsGiven",
-    "RAdam",
-    "RMSprop",
     "RemovableHandle",
-    "Rprop",
-    "SGD",
-    "SparseAdam",
     "compile_count",
     "optimizer_class",
     "register_optimizer_step_post_hook",

@@ -1,12 +1,19 @@
-"""The torch-named optimizer classes, one per algorithm (``fo.Adam``, ...).
+"""The registry of algorithms: each one's torch-named class (``fo.Adam``, ...), with
+its functional and state type.
 
-Each is written out, for readers, type checkers and "go to definition": torch's
-constructor signature, names, order, defaults and annotations (``Tensor`` read as
-``Array``), over the shared :class:`Optimizer`. It holds no logic of its own: its
-:class:`~functorch_optim.rule.Algorithm` fills, checks and validates the options,
-and the defaults are the functional's (``fo.adam``'s), which tests/test_types.py
-checks the signature against. :func:`optimizer_class` makes such a class for an
-algorithm of your own.
+An algorithm is registered here, once: its module's imports, its facade class and
+its names in ``__all__``, which the package's ``__all__`` extends (``fo.adam``,
+``fo.AdamState`` and ``fo.Adam`` come from this list) and :func:`registered` reads
+(the demo's choices). tests/test_registry_lists.py checks the lists written
+elsewhere against it.
+
+Each class is written out, for readers, type checkers and "go to definition":
+torch's constructor signature, names, order, defaults and annotations (``Tensor``
+read as ``Array``), over the shared :class:`Optimizer`. It holds no logic of its
+own: its :class:`~functorch_optim.rule.Algorithm` fills, checks and validates the
+options, and the defaults are the functional's (``fo.adam``'s), which
+tests/test_types.py checks the signature against. :func:`optimizer_class` makes
+such a class for an algorithm of your own.
 """
 
 from __future__ import annotations
@@ -15,21 +22,32 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from ..algorithms import (
-    adadelta,
-    adafactor,
-    adagrad,
-    adam,
-    adamax,
-    asgd,
-    muon,
-    nadam,
-    radam,
-    rmsprop,
-    rprop,
-    sgd,
-    sparse_adam,
-)
+from ..algorithms import adadelta as _adadelta
+from ..algorithms import adafactor as _adafactor
+from ..algorithms import adagrad as _adagrad
+from ..algorithms import adam as _adam
+from ..algorithms import adamax as _adamax
+from ..algorithms import asgd as _asgd
+from ..algorithms import muon as _muon
+from ..algorithms import nadam as _nadam
+from ..algorithms import radam as _radam
+from ..algorithms import rmsprop as _rmsprop
+from ..algorithms import rprop as _rprop
+from ..algorithms import sgd as _sgd
+from ..algorithms import sparse_adam as _sparse_adam
+from ..algorithms.adadelta import AdadeltaState, adadelta
+from ..algorithms.adafactor import AdafactorState, adafactor
+from ..algorithms.adagrad import AdagradState, adagrad
+from ..algorithms.adam import AdamState, AdamWState, adam, adamw
+from ..algorithms.adamax import AdamaxState, adamax
+from ..algorithms.asgd import ASGDState, asgd
+from ..algorithms.muon import MuonState, muon
+from ..algorithms.nadam import NAdamState, nadam
+from ..algorithms.radam import RAdamState, radam
+from ..algorithms.rmsprop import RMSpropState, rmsprop
+from ..algorithms.rprop import RpropState, rprop
+from ..algorithms.sgd import SGDState, sgd
+from ..algorithms.sparse_adam import SparseAdamState, sparse_adam
 from ..rule import Algorithm, Array, Options
 from .optimizer import Optimizer
 
@@ -115,7 +133,7 @@ class ASGD(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = asgd.ASGD
+    algorithm = _asgd.ASGD
 
     def __init__(
         self,
@@ -143,7 +161,7 @@ class Adadelta(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adadelta.ADADELTA
+    algorithm = _adadelta.ADADELTA
 
     def __init__(
         self,
@@ -171,7 +189,7 @@ class Adafactor(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adafactor.ADAFACTOR
+    algorithm = _adafactor.ADAFACTOR
 
     def __init__(
         self,
@@ -198,7 +216,7 @@ class Adagrad(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adagrad.ADAGRAD
+    algorithm = _adagrad.ADAGRAD
 
     def __init__(
         self,
@@ -227,7 +245,7 @@ class Adam(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adam.ADAM
+    algorithm = _adam.ADAM
 
     def __init__(
         self,
@@ -258,7 +276,7 @@ class AdamW(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adam.ADAMW
+    algorithm = _adam.ADAMW
 
     def __init__(
         self,
@@ -288,7 +306,7 @@ class Adamax(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = adamax.ADAMAX
+    algorithm = _adamax.ADAMAX
 
     def __init__(
         self,
@@ -316,7 +334,7 @@ class Muon(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = muon.MUON
+    algorithm = _muon.MUON
 
     def __init__(
         self,
@@ -326,12 +344,12 @@ class Muon(Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_coefficients: tuple[float, float, float] = (
-            muon.DEFAULT_A,
-            muon.DEFAULT_B,
-            muon.DEFAULT_C,
+            _muon.DEFAULT_A,
+            _muon.DEFAULT_B,
+            _muon.DEFAULT_C,
         ),
-        eps: float = muon.EPS,
-        ns_steps: int = muon.DEFAULT_NS_STEPS,
+        eps: float = _muon.EPS,
+        ns_steps: int = _muon.DEFAULT_NS_STEPS,
         adjust_lr_fn: str | None = None,
     ) -> None:
         super().__init__(params, _options(self.algorithm, locals()))
@@ -347,7 +365,7 @@ class NAdam(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = nadam.NADAM
+    algorithm = _nadam.NADAM
 
     def __init__(
         self,
@@ -377,7 +395,7 @@ class RAdam(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = radam.RADAM
+    algorithm = _radam.RADAM
 
     def __init__(
         self,
@@ -406,7 +424,7 @@ class RMSprop(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = rmsprop.RMSPROP
+    algorithm = _rmsprop.RMSPROP
 
     def __init__(
         self,
@@ -435,7 +453,7 @@ class Rprop(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = rprop.RPROP
+    algorithm = _rprop.RPROP
 
     def __init__(
         self,
@@ -462,7 +480,7 @@ class SGD(Optimizer):
       >>> opt.step(jax.grad(loss)(opt.params))
     """
 
-    algorithm = sgd.SGD
+    algorithm = _sgd.SGD
 
     def __init__(
         self,
@@ -494,7 +512,7 @@ class SparseAdam(Optimizer):
       >>> opt.step({"embedding": grad})
     """
 
-    algorithm = sparse_adam.SPARSE_ADAM
+    algorithm = _sparse_adam.SPARSE_ADAM
 
     def __init__(
         self,
@@ -505,3 +523,61 @@ class SparseAdam(Optimizer):
         maximize: bool = False,
     ) -> None:
         super().__init__(params, _options(self.algorithm, locals()))
+
+
+# The registry: every algorithm's facade class, functional and state type, which
+# the package exports.
+__all__ = [
+    "Adadelta",
+    "AdadeltaState",
+    "adadelta",
+    "Adafactor",
+    "AdafactorState",
+    "adafactor",
+    "Adagrad",
+    "AdagradState",
+    "adagrad",
+    "Adam",
+    "AdamW",
+    "AdamState",
+    "AdamWState",
+    "adam",
+    "adamw",
+    "Adamax",
+    "AdamaxState",
+    "adamax",
+    "ASGD",
+    "ASGDState",
+    "asgd",
+    "Muon",
+    "MuonState",
+    "muon",
+    "NAdam",
+    "NAdamState",
+    "nadam",
+    "RAdam",
+    "RAdamState",
+    "radam",
+    "RMSprop",
+    "RMSpropState",
+    "rmsprop",
+    "Rprop",
+    "RpropState",
+    "rprop",
+    "SGD",
+    "SGDState",
+    "sgd",
+    "SparseAdam",
+    "SparseAdamState",
+    "sparse_adam",
+]
+
+
+def registered() -> list[type[Optimizer]]:
+    """The registry's facade classes, in its order; each names its algorithm
+    (``cls.algorithm``: its functional, state type and torch name)."""
+    return [
+        value
+        for value in map(globals().get, __all__)
+        if isinstance(value, type) and issubclass(value, Optimizer)
+    ]
