@@ -30,6 +30,15 @@ x64 off as most users do) costs an Adam step: ``fo jit`` as it is against the sa
 step with its bias corrections in plain float32 (the arithmetic before the pairs),
 taken in turns, with both compile times.
 
+With ``--schedule-cost`` it times what an lr schedule's value to double accuracy
+without x64 costs the compile of an Adam step on a small tree (``--schedule-leaves``
+leaves of 1024): for each schedule, ``fo.adam(lr=schedule)`` with the schedule's
+value as today's runner takes it (its call: the float32 of its pair), as a runner
+taking its ``exact_value`` would (the pair itself), and as before the pairs (its
+float32 closed form), and a constant lr; each compile in ``--fresh-repeats`` fresh
+processes, taken in turns (median), with the optimized program's instruction
+count.
+
 Quick run (< 1 minute):
     python benchmarks/step_time.py --pytrees 2000x1024 --optimizers adam --repeats 10
 Full table:
@@ -40,6 +49,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -268,6 +279,94 @@ def scalar_cost(tree: str, repeats: int) -> None:
     )
 
 
+# --- the compile cost of a schedule's pairs ----------------------------------------
+
+SCHEDULES = {
+    "cosine": lambda: fo.cosine_annealing_lr(1e-3, T_max=100, eta_min=1e-5),
+    "warm_restarts": lambda: fo.cosine_annealing_warm_restarts(1e-3, 10, T_mult=2),
+    "one_cycle": lambda: fo.one_cycle_lr(1e-3, total_steps=1000),
+    "exponential": lambda: fo.exponential_lr(1e-3, gamma=0.999),
+    "linear": lambda: fo.linear_lr(1e-3, 0.01, total_iters=100),
+}
+# how the step takes the schedule: its call (the float32 of the pair, as today's
+# runner), its exact_value (the pair, as a runner with the hook), its float32
+# closed form (before the pairs); "constant": a Python float lr, no schedule
+SCHEDULE_FORMS = ("call", "exact_value", "float32")
+
+
+def schedule_lr(name: str, form: str):
+    """The lr option of ``form`` for schedule ``name``."""
+    import dataclasses
+
+    if name == "constant":
+        return 1e-3
+    schedule = SCHEDULES[name]()
+    if form == "float32":
+        return dataclasses.replace(schedule, pair_fn=None)
+    if form == "exact_value":
+        return lambda count: schedule.exact_value(count)
+    return schedule
+
+
+def schedule_compile(name: str, form: str, leaves: int) -> tuple[float, int]:
+    """The compile time (trace, lower, XLA) of a donated ``fo.adam(lr=...)`` step
+    on ``leaves`` leaves of 1024, and its optimized HLO's instruction count."""
+    from toolkit import compile_phases, donated_step
+
+    assert not jax.config.jax_enable_x64, "the pairs replace float64 only with x64 off"
+    shapes = {f"w{i}": (1024,) for i in range(leaves)}
+    params = jax.tree.map(jax.numpy.asarray, make_arrays(shapes, 0))
+    grads = jax.tree.map(jax.numpy.asarray, make_arrays(shapes, 1))
+    tx = fo.adam(lr=schedule_lr(name, form))
+    compiled = compile_phases(donated_step(tx), params, tx.init(params), grads)
+    text = compiled.compiled.as_text() or ""
+    instructions = sum(" = " in line for line in text.splitlines())
+    return compiled.total_s, instructions
+
+
+def schedule_cost(args) -> None:
+    """Each schedule's step compile in each form, in fresh processes in turns."""
+    runs = [("constant", "")] + [(n, f) for n in SCHEDULES for f in SCHEDULE_FORMS]
+    times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    instructions: dict[tuple[str, str], int] = {}
+    for _ in range(args.fresh_repeats):
+        for name, form in runs:
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--schedule-compile-only",
+                    name,
+                    form or "call",
+                    "--schedule-leaves",
+                    str(args.schedule_leaves),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if run.returncode:
+                print(f"  note: {name} {form} failed:", run.stderr[-300:])
+                continue
+            seconds, count = run.stdout.strip().splitlines()[-1].split()
+            times[(name, form)].append(float(seconds))
+            instructions[(name, form)] = int(count)
+    print(
+        f"fo.adam step on {args.schedule_leaves} leaves of 1024, x64 off: compile s "
+        f"(median of {args.fresh_repeats} fresh processes) / optimized HLO "
+        "instructions"
+    )
+
+    def cell(run: tuple[str, str]) -> str:
+        if not times[run]:
+            return f"{'n/a':>20}"
+        return f"{np.median(times[run]):>12.3f} s {instructions[run]:>5}"
+
+    print(f"{'lr':14} " + " ".join(f"{form:>20}" for form in SCHEDULE_FORMS))
+    print(f"{'constant':14} " + cell(("constant", "")))
+    for name in SCHEDULES:
+        print(f"{name:14} " + " ".join(cell((name, f)) for f in SCHEDULE_FORMS))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -307,11 +406,37 @@ def main(argv: list[str] | None = None) -> None:
         help="time Adam's step with double-accurate scalars against float32 ones",
     )
     parser.add_argument(
+        "--schedule-cost",
+        action="store_true",
+        help="time the compile of an Adam step with lr schedules' pairs (x64 off)",
+    )
+    parser.add_argument(
+        "--schedule-leaves",
+        type=int,
+        default=20,
+        help="leaves of 1024 in --schedule-cost's tree",
+    )
+    parser.add_argument(
+        "--schedule-compile-only",
+        nargs=2,
+        metavar=("SCHEDULE", "FORM"),
+        help="(used by --schedule-cost) print one step's compile s and HLO size",
+    )
+    parser.add_argument(
         "--compile-only",
         choices=JAX_PATHS,
         help="(used by --fresh-compile) set up this one path, print its compile time",
     )
     args = parser.parse_args(argv)
+    if args.schedule_compile_only:
+        seconds, count = schedule_compile(
+            *args.schedule_compile_only, args.schedule_leaves
+        )
+        print(seconds, count)
+        return
+    if args.schedule_cost:
+        schedule_cost(args)
+        return
     if args.scalar_cost:
         for tree in args.pytrees:
             scalar_cost(tree, args.repeats)

@@ -32,6 +32,11 @@ fusion (a division, root or logarithm used twice: :func:`_reciprocal`), and
 :func:`rounded_values` makes the step's scalars one kernel, computed once, whose
 values the leaves' kernels read.
 
+The functional lr schedules compute their closed forms in pairs too
+(:data:`functorch_optim.schedule_math.PAIRS`), with :func:`floor`,
+:func:`minimum`, :func:`lookup` and :func:`one_plus_cos_pi` (cosine annealing's
+``1 + cos(pi t / T)``, its argument reduced exactly in half-turns, about 300 ops).
+
 Accuracy: each operation is within a few units of 2**-48 relative of the exact
 result of its operands (Python floats enter split exactly at trace time, to 48
 bits). A float32 rounding of such a value differs from that of torch's double only
@@ -263,6 +268,10 @@ class Doubled:
         reciprocal of ``b_hi``, corrected once to within an ulp): the residual ``r
         = a - b q`` is computed exactly to ``2**-48`` of ``a`` (``b_hi q``
         exactly; ``a_hi`` minus it is exact, the two within an ulp or so)."""
+        if isinstance(other, (int, float)) and other != 0:
+            mantissa, _ = math.frexp(other)
+            if abs(mantissa) == 0.5:  # by a power of two: exactly, as a product
+                return self * (1 / other)
         other = of(other)
         y = _reciprocal(other.hi)
         q = self.hi * y
@@ -409,6 +418,13 @@ class Float(Doubled):
     def _of(cls, x: Doubled) -> Float:
         return cls(_weak(x.hi), _weak(x.lo))
 
+    @classmethod
+    def of_pair(cls, x: Doubled) -> Float:
+        """The pair ``x`` (a computed double, such as a schedule's value) as a
+        Python float passed traced: weakly typed parts, computing as a
+        :class:`Float` does (no logarithm carried)."""
+        return cls._of(x)
+
     def _binary(self, op, other: Any, reflected: bool = False) -> Any:
         if isinstance(other, Doubled) and not isinstance(other, Float):
             pair = Doubled(self.hi, self.lo)
@@ -503,25 +519,41 @@ def float_powers(terms: Sequence[tuple[Doubled, Any]]) -> list[Doubled]:
     ]
 
 
-def rounded_values(values: dict, new_scalars: dict) -> tuple[dict, dict]:
-    """:func:`rounded` of each of a rule's step values and new scalar state (the
+def rounded_values(scalars: Any, new_scalars: dict) -> tuple[Any, dict]:
+    """:func:`rounded` of each of a rule's per-step scalars (a NamedTuple, see
+    :mod:`functorch_optim.rule`; None fields stay None) and new scalar state (the
     arrays its per-leaf part and the runner take); with x64 off, their float32
-    and boolean scalars :func:`_computed_once`, together."""
-    values = {k: rounded(v) for k, v in values.items()}
-    new_scalars = {k: rounded(v) for k, v in new_scalars.items()}
-    if scalar_dtype() != _F32:
-        return values, new_scalars
-    scalars = [
-        (entries, k)
-        for entries in (values, new_scalars)
-        for k, v in entries.items()
-        if isinstance(v, jax.Array) and v.shape == () and v.dtype in (_F32, jnp.bool_)
-    ]
-    if scalars:
-        once = _computed_once(*(entries[k].astype(_F32) for entries, k in scalars))
-        for (entries, k), value in zip(scalars, once, strict=True):
-            entries[k] = value.astype(entries[k].dtype)
-    return values, new_scalars
+    and boolean scalars :func:`_computed_once`, together (the per-step scalars'
+    fields in order, then the scalar state's entries)."""
+    values = [rounded(v) for v in (*scalars, *new_scalars.values())]
+    if scalar_dtype() == _F32:
+        once_at = [
+            i
+            for i, v in enumerate(values)
+            if isinstance(v, jax.Array)
+            and v.shape == ()
+            and v.dtype in (_F32, jnp.bool_)
+        ]
+        if once_at:
+            once = _computed_once(*(values[i].astype(_F32) for i in once_at))
+            for i, value in zip(once_at, once, strict=True):
+                values[i] = value.astype(values[i].dtype)
+    count = len(scalars)
+    return type(scalars)(*values[:count]), dict(
+        zip(new_scalars, values[count:], strict=True)
+    )
+
+
+def lookup(values: Sequence[Any], index) -> Doubled:
+    """``values[index]`` for Python numbers (or exact decimals) ``values`` and a
+    traced integer ``index``: the pairs nearest them, in a table computed at trace
+    time (opaque to XLA's simplifier, as every constant of pair arithmetic)."""
+    pairs = [_decimal_pair(decimal.Decimal(v)) for v in values]
+    table_hi, table_lo = _opaque(
+        np.array([p[0] for p in pairs], np.float32),
+        np.array([p[1] for p in pairs], np.float32),
+    )
+    return Doubled(table_hi[index], table_lo[index])
 
 
 def where(condition, x: Any, y: Any) -> Doubled:
@@ -535,6 +567,24 @@ def maximum(x: Any, y: Any) -> Any:
     if not (isinstance(x, Doubled) or isinstance(y, Doubled)):
         return jnp.maximum(x, y)
     return where(of(y) > x, y, x)
+
+
+def minimum(x: Any, y: Any) -> Any:
+    """``jnp.minimum``, also of :class:`Doubled` values (as Python's ``min``: ``x``
+    unless ``y < x``)."""
+    if not (isinstance(x, Doubled) or isinstance(y, Doubled)):
+        return jnp.minimum(x, y)
+    return where(of(y) < x, y, x)
+
+
+def floor(x: Doubled) -> Doubled:
+    """The largest integer ``<= x``: ``floor(hi)``, or where ``hi`` is an integer
+    ``hi + floor(lo)`` (``|lo|`` is at most half an ulp of ``hi``, so the pair
+    crosses no other integer); exact, 5 ops."""
+    x = of(x)
+    high = jnp.floor(x.hi)
+    low = jnp.where(high == x.hi, jnp.floor(x.lo), 0.0)
+    return Doubled(*_fast_two_sum(high, low))
 
 
 # --- functions ----------------------------------------------------------------
@@ -644,6 +694,112 @@ def log(x: Doubled) -> Doubled:
     y = _log32(x.hi)
     d = x * exp(Doubled(-y, jnp.zeros_like(y))) - 1
     return (d + y) - d.hi * d.hi * 0.5
+
+
+# pi to 60 digits: 1 + cos(pi x)'s constants are computed from it on the host
+_PI = decimal.Decimal("3.14159265358979323846264338327950288419716939937510582097494")
+
+
+@functools.cache
+def _sine_constants() -> tuple[np.ndarray, ...]:
+    """``sin(y) / y = 1 + c_1 z + c_2 z**2 + ...`` (``z = y**2``, ``c_n =
+    (-1)**n / (2n + 1)!``): ``c_1 .. c_4`` and ``pi / 2`` as pairs (``hi`` and
+    ``lo`` rows), ``c_5 .. c_7`` in float32."""
+    coefficients, factorial = [], 1
+    for n in range(1, 8):
+        factorial *= (2 * n) * (2 * n + 1)
+        coefficients.append(_CONTEXT.divide((-1) ** n, factorial))
+    pairs = [_decimal_pair(c) for c in coefficients[:4]]
+    pairs.append(_decimal_pair(_CONTEXT.divide(_PI, 2)))
+    return (
+        np.array([p[0] for p in pairs]),
+        np.array([p[1] for p in pairs]),
+        np.array([float(c) for c in coefficients[4:]], np.float32),
+    )
+
+
+def _is_integer(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.integer)
+
+
+def one_plus_cos_pi(numerator: Any, denominator: Any = 1) -> Doubled:
+    """``1 + cos(pi n / d)`` (cosine annealing's factor) to a few units of
+    ``2**-48`` relative, also where it nears 0 (``n / d`` near an odd integer).
+
+    The argument is reduced in half-turns, exactly, so no multi-part constant of
+    ``pi`` is needed: ``n / d = k + r`` with ``k`` the nearest integer and ``r =
+    (n - k d) / d``, ``|r| <= 1/2``, whose numerator is exact (integers: an int32
+    difference; pairs: exact wherever ``n`` and ``k d`` have at most 48
+    significant bits together). Then ``1 + cos(pi x) = 2 - 2 sin(y)**2`` for an
+    even ``k`` and ``2 sin(y)**2`` for an odd one, ``y = pi r / 2``, ``|y| <= pi /
+    4``, with ``sin(y) = y (1 + z P(z))``, ``z = y**2``: the series' terms to
+    ``z**4`` in pairs and ``z**5 .. z**7`` in float32 (under ``2**-28`` of the sum,
+    so their rounding is ``2**-52``; ``z**8`` is under ``2**-53``). Relative
+    accuracy holds through the zero: ``r`` is relative to 1 there, and so are
+    ``sin(y)`` and its square; measured within 9 units of ``2**-48``. About 300
+    float32 ops (the series' Horner steps fused, :func:`_multiply_add`; squares
+    :func:`_pair_square`), and 85 more where ``d`` is traced (a quotient); a
+    Python ``d`` gives ``pi / 2d`` as a constant.
+
+    ``numerator`` and ``denominator``: Python numbers, integer arrays (a step
+    count) or :class:`Doubled` values.
+    """
+    pairs_hi, pairs_lo, tail = _opaque(*_sine_constants())
+    python_d = isinstance(denominator, (int, float)) and not isinstance(
+        denominator, bool
+    )
+    if _is_integer(numerator) and _is_integer(denominator):
+        count = jnp.asarray(numerator, jnp.int32)
+        length = denominator if python_d else jnp.asarray(denominator, jnp.int32)
+        inverse = np.float32(1 / length) if python_d else _reciprocal(length * 1.0)
+        k = jnp.round(count.astype(_F32) * inverse).astype(jnp.int32)
+        reduced = of(count - k * length)
+    else:
+        pair = of(numerator)
+        inverse = (
+            np.float32(1 / denominator) if python_d else _reciprocal(of(denominator).hi)
+        )
+        nearest = jnp.round(pair.hi * inverse)
+        reduced = pair - of(denominator) * nearest
+        k = nearest.astype(jnp.int32)
+    if python_d:
+        y = reduced * _decimal_constant(
+            _CONTEXT.divide(_PI, 2 * decimal.Decimal(denominator))
+        )
+    else:
+        y = reduced / of(denominator) * Doubled(pairs_hi[4], pairs_lo[4])
+    z = _pair_square(y)
+    zh = z.hi
+    series = Doubled(pairs_hi[3], pairs_lo[3]) + zh * (
+        tail[0] + zh * (tail[1] + zh * tail[2])
+    )
+    for i in (2, 1, 0):
+        series = _multiply_add(z, series, Doubled(pairs_hi[i], pairs_lo[i]))
+    sine = y * _multiply_add(z, series, Doubled(*_opaque(1.0, 0.0)))
+    twice_square = _pair_square(sine) * 2
+    return where((k & 1) == 1, twice_square, 2 - twice_square)
+
+
+def _pair_square(x: Doubled) -> Doubled:
+    """``x * x``: ``hi**2`` exactly (:func:`_square`, one split) and ``2 hi lo``
+    in float32; 16 ops to a product's 27."""
+    s, e = _square(x.hi)
+    return Doubled(*_fast_two_sum(s, e + 2 * x.hi * x.lo))
+
+
+def _multiply_add(a: Doubled, b: Doubled, c: Doubled) -> Doubled:
+    """``a * b + c`` for ``|c|`` well above ``|a b|`` (a series' Horner step):
+    ``a_hi b_hi`` exactly, ``c_hi`` added exactly, the rest in float32; 34 ops to
+    a product and a sum's 47."""
+    p, e = _two_prod(a.hi, b.hi)
+    s, f = _two_sum(c.hi, p)
+    rest = (e + f) + ((a.hi * b.lo + a.lo * b.hi) + c.lo)
+    return Doubled(*_fast_two_sum(s, rest))
 
 
 @functools.cache

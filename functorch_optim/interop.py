@@ -4,7 +4,9 @@ torch is imported lazily, inside the functions that create torch tensors, and is
 never needed to run the library. Every converter walks nested dicts, lists and
 tuples (a state dict, a pytree of params) and converts the arrays it finds, leaving
 Python numbers, strings and ``None`` as they are, so hyperparameters such as
-``lr=0.1`` stay Python floats as torch keeps them.
+``lr=0.1`` stay Python floats as torch keeps them. torch's optimizer state-dict
+format itself (building, reading back, its checks) is
+:mod:`functorch_optim.torch_format`, which the facade shares.
 
 Example (a facade state dict continues in torch, and back)::
 
@@ -16,7 +18,6 @@ Example (a facade state dict continues in torch, and back)::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,19 +25,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import torch_format
 from .names import given_order, path_name
 from .param_groups import ParamGroupsState, ParamGroupsUpdate, set_group_options
 from .rule import Algorithm, Options
 from .runner import array_names, evaluate_schedules
+from .torch_format import as_numpy, is_torch_tensor
 
-_BFLOAT16 = np.dtype(jnp.bfloat16)
-
-
-def is_torch_tensor(x: Any) -> bool:
-    """``x`` is a torch tensor (checked without importing torch: a tensor can only
-    exist once torch is imported)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+__all__ = [
+    "is_torch_tensor",
+    "to_numpy",
+    "to_jax",
+    "to_torch",
+    "to_torch_state_dict",
+    "load_into_torch",
+    "tied_names",
+    "with_tied",
+    "torch_scheduler_state_dict",
+    "renumbered",
+    "torch_state_dict",
+    "load_torch_state",
+]
 
 
 def _map_arrays(
@@ -59,28 +68,13 @@ def _map_arrays(
     return tree
 
 
-def _tensor_to_numpy(t) -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; ml_dtypes' has its bits
-        return t.view(torch.int16).numpy().view(_BFLOAT16)
-    return t.numpy()
-
-
-def _array_to_numpy(x: Any) -> np.ndarray:
-    if is_torch_tensor(x):
-        return _tensor_to_numpy(x)
-    return np.asarray(x)
-
-
 def to_numpy(tree: Any) -> Any:
     """Every array in ``tree`` (torch, JAX or NumPy) as a NumPy array.
 
     bfloat16 stays bfloat16 (``ml_dtypes``); a torch tensor is detached and moved to
     the CPU first.
     """
-    return _map_arrays(_array_to_numpy, tree)
+    return _map_arrays(as_numpy, tree)
 
 
 def to_jax(tree: Any) -> Any:
@@ -102,7 +96,7 @@ def to_jax(tree: Any) -> Any:
     def convert(x):
         if isinstance(x, jax.Array):
             return x
-        return jnp.array(_array_to_numpy(x), copy=True)
+        return jnp.array(as_numpy(x), copy=True)
 
     if isinstance(tree, Iterator):
         tree = list(tree)
@@ -116,8 +110,8 @@ def to_torch(tree: Any) -> Any:
     def convert(x):
         if isinstance(x, torch.Tensor):
             return x
-        array = np.array(_array_to_numpy(x), copy=True)  # writable, owned by torch
-        if array.dtype == _BFLOAT16:
+        array = np.array(as_numpy(x), copy=True)  # writable, owned by torch
+        if array.dtype == jnp.bfloat16:
             return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
 
@@ -336,12 +330,6 @@ def _differences(wanted: list[str], given: list[str]) -> tuple[list[str], list[s
     return [n for n in wanted if n not in given], [n for n in given if n not in wanted]
 
 
-def _stored(states: dict, pid: Any) -> Any:
-    """The state of torch id ``pid`` (ids are ints, or strings after a JSON
-    round trip); None where it has none."""
-    return states.get(pid, states.get(str(pid)))
-
-
 def renumbered(state_dict: dict, order: Any) -> dict:
     """``state_dict`` (torch's format, ``param_names`` in every group) with torch's
     ids renumbered so that id ``i`` is the param torch's ``order`` puts ``i``-th.
@@ -351,7 +339,7 @@ def renumbered(state_dict: dict, order: Any) -> dict:
     the params within each group as it lists them. Groups keep their options and
     their members; only the numbering changes.
     """
-    groups = state_dict["param_groups"]
+    groups, states = torch_format.read(state_dict)
     unnamed = [g for g, group in enumerate(groups) if "param_names" not in group]
     if unnamed:
         raise ValueError(
@@ -383,18 +371,14 @@ def renumbered(state_dict: dict, order: Any) -> dict:
         for group in groups
         for name, pid in zip(group["param_names"], group["params"], strict=True)
     }
-    state: dict = {}
-    new_groups = []
-    next_id = 0
-    for group, names_in_order in zip(groups, group_names, strict=True):
-        ids = list(range(next_id, next_id + len(names_in_order)))
-        next_id += len(names_in_order)
-        new_groups.append({**group, "params": ids, "param_names": names_in_order})
-        for pid, name in zip(ids, names_in_order, strict=True):
-            entry = _stored(state_dict["state"], old_id[name])
-            if entry is not None:
-                state[pid] = entry
-    return {**state_dict, "state": state, "param_groups": new_groups}
+    new = torch_format.state_dict(
+        (
+            {**group, "param_names": names_in_order},
+            [states.get(old_id[name]) for name in names_in_order],
+        )
+        for group, names_in_order in zip(groups, group_names, strict=True)
+    )
+    return {**state_dict, **new}
 
 
 def _in_torch_id_order(
@@ -484,7 +468,7 @@ def _torch_option(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return tuple(_torch_option(v) for v in value)
     if hasattr(value, "shape"):
-        return float(_array_to_numpy(value).reshape(()))
+        return float(as_numpy(value).reshape(()))
     return value
 
 
@@ -550,37 +534,33 @@ def torch_state_dict(tx: Any, state: Any, params: Any, order: Any = None) -> dic
         for name in array_names(algorithm)
     }
     created = count > 0 or algorithm.state_at_construction
-    leaf_states = {}
-    param_groups = []
-    next_id = 0
+    built = []
+    names_of_groups = []
     for options, leaves, scalars, extras in groups:
         taken = set(leaves)
         members = [leaf for leaf in given if leaf in taken]
-        ids = list(range(next_id, next_id + len(members)))
-        next_id += len(members)
-        for torch_id, leaf in zip(ids, members, strict=True):
-            if not created:
-                break
-            entries: dict[str, Any] = {}
-            for name in algorithm.state_names:
-                if name == "step":
-                    entries[name] = (
-                        jnp.asarray(count, jnp.float32)
-                        if algorithm.step_is_tensor
-                        else count
-                    )
-                elif name in scalars:
-                    entries[name] = scalars[name]
-                elif columns[name][leaf] is not None:
-                    entries[name] = columns[name][leaf]
-            leaf_states[torch_id] = to_torch(entries)
         values = evaluate_schedules(options, inner.count)
         group = {k: _torch_option(values[k]) for k in algorithm.defaults}
         group.update(extras)
-        group["params"] = ids
-        group["param_names"] = [names[leaf] for leaf in members]
-        param_groups.append(group)
-    state_dict = {"state": leaf_states, "param_groups": param_groups}
+        states = [
+            to_torch(
+                torch_format.torch_entries(
+                    algorithm,
+                    count,
+                    {**{n: column[leaf] for n, column in columns.items()}, **scalars},
+                )
+            )
+            if created
+            else None
+            for leaf in members
+        ]
+        built.append((group, states))
+        names_of_groups.append([names[leaf] for leaf in members])
+    state_dict = torch_format.state_dict(built)
+    for group, group_names in zip(
+        state_dict["param_groups"], names_of_groups, strict=True
+    ):
+        group["param_names"] = group_names
     return state_dict if order is None else renumbered(state_dict, order)
 
 
@@ -601,11 +581,12 @@ def load_torch_state(
     optimizer built from ``model.parameters()``). Without either, torch's ids are
     the leaves in the params' order only where it is certain (lists and tuples,
     no dict of two or more entries); otherwise it is an error. Each entry is
-    checked (torch's names of this algorithm, the leaf's shape, a real or complex
-    dtype as the leaf's) and cast to the dtype ``tx.init`` gives it. The
-    functional state has one count, so every param with state must have taken the
-    same number of steps, and the scalar entries (ASGD's ``eta``, NAdam's
-    ``mu_product``) must agree within a group.
+    checked as the facade's ``load_state_dict`` checks it (torch's names of this
+    algorithm, the leaf's shape, a floating or complex dtype as the state's: an
+    integer entry is not cast; ``step`` a count) and cast to the dtype
+    ``tx.init`` gives it. The functional state has one count, so every param with
+    state must have taken the same number of steps, and the scalar entries
+    (ASGD's ``eta``, NAdam's ``mu_product``) must agree within a group.
 
     For a single transform the options are ``tx``'s; the group's options in the
     dict are not read. For :func:`~functorch_optim.with_param_groups`, torch's
@@ -645,8 +626,7 @@ def load_torch_state(
     treedef: Any = jax.tree.structure(params)
     template = jax.eval_shape(tx.init, params)
     inner_template = template.inner if grouped else template
-    groups = torch_state_dict["param_groups"]
-    saved_states = torch_state_dict["state"]
+    groups, saved_states = torch_format.read(torch_state_dict)
     torch_ids = [pid for group in groups for pid in group["params"]]
     # our groups (one for a single transform), as positions in jax.tree order
     members = update.members(params) if grouped else [list(range(treedef.num_leaves))]
@@ -681,18 +661,18 @@ def load_torch_state(
     if grouped:
         _check_torch_groups(groups, members, names, id_of)
 
-    per_leaf: list[dict] = []
-    for name in names:
-        pid = id_of[name]
-        saved = _stored(saved_states, pid) or {}
-        unknown = [k for k in saved if k not in algorithm.state_names]
-        if unknown:
-            raise ValueError(
-                f"torch's state of param {name!r} has {unknown}, which "
-                f"{algorithm.name} does not keep (its state: "
-                f"{list(algorithm.state_names)})"
-            )
-        per_leaf.append(dict(saved))
+    # messages name "torch's state of param 'w'", "torch's 'exp_avg' of param 'w'"
+    named = {
+        name: torch_format.Named(f"param {name!r}", "torch's state", "torch's")
+        for name in names
+    }
+    per_leaf = [
+        torch_format.saved_entries(
+            algorithm, named[name], saved_states.get(id_of[name])
+        )
+        or {}
+        for name in names
+    ]
 
     # A param keeps no state in torch where its group's options create none (SGD
     # without momentum); every other param has state once a step is taken.
@@ -718,13 +698,8 @@ def load_torch_state(
             return initial
         return _with_torch_options(update, initial, groups)
 
-    def count_of(saved: dict) -> int:
-        if "step" not in algorithm.state_names:
-            return 1  # torch keeps no count: its state exists, so a step was taken
-        return int(np.asarray(to_numpy(saved["step"])).reshape(()))
-
     counts = {
-        name: count_of(s)
+        name: torch_format.saved_count(algorithm, named[name], s)
         for name, s in zip(names, per_leaf, strict=True)
         if name in with_state
     }
@@ -734,18 +709,8 @@ def load_torch_state(
         )
 
     def loaded(name: str, entry: str, value: Any, expected: Any) -> jax.Array:
-        array = np.asarray(to_numpy(value))
-        if array.shape != tuple(expected.shape):
-            raise ValueError(
-                f"torch's {entry!r} of param {name!r} has shape {array.shape}, "
-                f"expected {tuple(expected.shape)}"
-            )
-        if np.iscomplexobj(array) != jnp.iscomplexobj(expected):
-            raise ValueError(
-                f"torch's {entry!r} of param {name!r} is {array.dtype}, expected "
-                f"{expected.dtype}"
-            )
-        return jnp.asarray(array).astype(expected.dtype)
+        where = named[name].entry(entry)
+        return torch_format.loaded_array(where, value, expected.shape, expected.dtype)
 
     def scalar_of(field: str, g: int, expected: Any) -> jax.Array:
         """Group ``g``'s scalar entry: its params' one value."""
@@ -783,7 +748,7 @@ def load_torch_state(
             if want is None:
                 column.append(None)
             elif field not in saved:
-                raise ValueError(f"torch's state of param {name!r} has no {field!r}")
+                torch_format.missing(named[name], field, algorithm.state_names)
             else:
                 column.append(loaded(name, field, saved[field], want))
         fields[field] = jax.tree.unflatten(treedef, column)

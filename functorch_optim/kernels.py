@@ -12,6 +12,7 @@ call; it reads options through :mod:`functorch_optim.rule`, never the reverse.
 from __future__ import annotations
 
 import decimal
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -92,6 +93,38 @@ def step_powers(*terms: tuple[Any, Array]) -> tuple[Any, ...]:
 def step_power(base: Any, step: Array) -> Any:
     """``base ** step`` for a step count (:func:`step_powers`)."""
     return step_powers((base, step))[0]
+
+
+def bias_corrections(
+    step: Array, *betas: Any, capturable: bool = False, powers: Sequence[Any] = ()
+) -> tuple[Any, ...]:
+    """torch's bias corrections ``1 - beta ** step`` of each of ``betas``, then
+    the powers ``base ** step`` of each of ``powers`` (those a rule reads
+    besides: RAdam's ``beta2 ** step``, NAdam's momentum decay), all computed
+    together (a base given twice, as the same object, once). ``step`` is the
+    count after this step (an int32 scalar).
+
+    torch's single-tensor path computes them in Python double from the count
+    (Adam's and the others' float32 step tensor read with ``.item()``,
+    SparseAdam's Python int: the same double below ``2**24`` steps): here by
+    :func:`step_powers`, in float64 with x64 on and in float32 pairs with it
+    off. With ``capturable``, torch's capturable path: the step a float32
+    tensor and each base a float32 scalar tensor (:func:`tensor_scalar`), so
+    the powers and corrections are float32 tensors."""
+    bases: list[Any] = []
+    for base in (*betas, *powers):
+        if not any(base is b for b in bases):
+            bases.append(base)
+    if capturable:
+        step = step.astype(TORCH_SCALAR_DTYPE)
+        values = [tensor_scalar(base) ** step for base in bases]
+    else:
+        values = list(step_powers(*((base, step) for base in bases)))
+
+    def power(base: Any) -> Any:
+        return next(v for b, v in zip(bases, values, strict=True) if b is base)
+
+    return (*(1 - power(beta) for beta in betas), *(power(base) for base in powers))
 
 
 def lerp(start: Array, end: Array, weight: Any) -> Array:

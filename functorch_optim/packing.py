@@ -54,6 +54,7 @@ from .runner import (
     checked_leaves,
     evaluate_schedules,
     init_leaf,
+    init_scalars,
     run_rule,
     step_scalars,
     taken_grad,
@@ -453,7 +454,7 @@ def packed(tx: Any) -> Any:
         zero = jnp.zeros((), jnp.int32)
         return PackedState(
             count=zero,
-            scalars=algorithm.init_scalars(evaluate_schedules(options, zero)),
+            scalars=init_scalars(algorithm, evaluate_schedules(options, zero)),
             packs=[arrays(p.state) for p in new_packs],
             offsets=[p.offsets for p in new_packs],
             leaves=[
@@ -467,7 +468,7 @@ def packed(tx: Any) -> Any:
         del extra_args
         params = params_or_zeros(algorithm, options, grads, params)
         leaves, grad_leaves, treedef = checked_leaves(params, grads)
-        step_options, scalars = step_scalars(
+        step_options, scalars, new_scalars = step_scalars(
             algorithm, state.count, state.scalars, options
         )
         updates: list[Any] = [None] * len(leaves)
@@ -493,6 +494,7 @@ def packed(tx: Any) -> Any:
                 _flat([grad_leaves[i] for i in indices]),
                 pack_state,
                 step_options,
+                scalars,
                 as_update=True,
             )
             pack_updates = split(
@@ -510,11 +512,12 @@ def packed(tx: Any) -> Any:
                     taken_grad(algorithm, grad_leaves[i], options),
                     leaf_state,
                     step_options,
+                    scalars,
                     as_update=True,
                 )
         new = PackedState(
             state.count + 1,
-            scalars,
+            new_scalars,
             new_packs,
             state.offsets,
             leaf_states,

@@ -51,6 +51,12 @@ def reduce_on_plateau(
 
     Chain it after the optimizer: ``fo.chain(fo.adam(1e-3), fo.reduce_on_plateau())``.
 
+    The scale is state in the scalar dtype: with x64 off, float32, each reduction
+    rounding once (``factor**k`` within about ``k / 2`` ulps of torch's double).
+    Its product with the updates is a rounding torch's loop does not make (torch
+    scales the lr inside the optimizer's double arithmetic), so a double-accurate
+    scale would not make the updates torch's; the scale stays one float32.
+
     Args:
       mode: 'min' (the loss should decrease) or 'max'.
       factor: the factor :math:`f < 1` of a reduction.

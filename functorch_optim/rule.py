@@ -2,7 +2,7 @@
 
 An algorithm is written once, as torch writes its single-tensor path: the math of one
 step on one parameter leaf. :class:`Algorithm` bundles that rule with torch's
-defaults, validation and state names; the functional transforms
+defaults, validation and state type; the functional transforms
 (:mod:`functorch_optim.functional`), the tree runner (:mod:`functorch_optim.runner`)
 and the facade (:mod:`functorch_optim.optim`) all run this one definition.
 
@@ -13,29 +13,51 @@ and the checks on options that torch's constructors make, so it depends on
 split by concern: what a rule is and which options are valid here, how torch's CPU
 kernels round there.
 
+The state type
+--------------
+An algorithm's state is declared once, as its functional state
+(``Algorithm.state_type``), a NamedTuple: ``count`` (int32, steps taken), then
+torch's per-parameter entries in torch's order, each a tree shaped like the
+params (None where torch creates none), except the entries torch keeps as equal
+scalars for every parameter (ASGD's ``eta`` and ``mu``, NAdam's
+``mu_product``), annotated :data:`ScalarEntry` and kept once. From it
+:attr:`Algorithm.state_names` (torch's keys: ``"step"`` first where
+``Algorithm.keeps_step``, then the fields after ``count``),
+:attr:`Algorithm.scalar_names` (the :data:`ScalarEntry` fields) and the array
+entries (the other fields, :func:`functorch_optim.runner.array_names`) are
+derived. The runner checks, as it traces them, that ``init``, ``init_scalars``,
+``scalars`` and ``step`` return exactly these entries.
+
 Rule conventions
 ----------------
 A rule is split in two: the scalar part of a step, evaluated once per step for all
-leaves of a transform (bias corrections, schedules, the per-parameter scalars torch
-keeps such as ASGD's ``eta``), and the per-leaf part, the array math.
+leaves of a transform (bias corrections, step sizes, the per-parameter scalars
+torch keeps such as ASGD's ``eta``), and the per-leaf part, the array math.
 
 ``init(param, options) -> dict``
-    The per-leaf array state torch would create at its first step, under torch's
-    names, without ``step`` or the scalar entries. An entry torch does not create
-    for this leaf is ``None``.
+    The per-leaf array state torch would create at its first step: one key per
+    array entry of the state type (not ``step``, not the scalar entries). An entry
+    torch does not create for this leaf is ``None``.
 ``init_scalars(options) -> dict``
-    The per-parameter scalar entries (``scalar_names``) torch creates, equal for
-    every leaf of a transform; ``{}`` for most algorithms.
-``scalars(step, scalar_state, options) -> (values, new_scalar_state)``
+    The scalar entries torch creates (one key per :data:`ScalarEntry` field),
+    equal for every leaf of a transform; ``{}`` for most algorithms.
+``scalars(step, scalar_state, options) -> (scalars, new_scalar_state)``
     The scalar part of one torch ``step()``. ``step`` is the count after this step
-    (an int32 scalar), ``scalar_state`` the scalar entries before it. ``values``
-    are the per-step numbers the per-leaf part reads (merged into its ``options``).
-``step(param, grad, state, options) -> (new_param, new_state)``
+    (an int32 scalar), ``scalar_state`` the scalar entries before it, ``options``
+    the group's options (schedules evaluated). ``scalars`` is the step's per-step
+    scalars, a small NamedTuple the algorithm's module declares
+    (``AdamStepScalars``), whose fields are arrays (or None, for a field the
+    options leave unused); an algorithm without per-step scalars has no
+    ``scalars`` function and its rule receives None. With x64 off the values
+    pass through :func:`functorch_optim.doubled.rounded_values`, which rounds
+    them once and computes them in one kernel.
+``step(param, grad, state, options, scalars) -> (new_param, new_state)``
     The per-leaf part of one torch ``step()``: ``state`` holds the array entries,
-    ``options`` the group's options with the step's ``values``. ``new_param`` is
-    the parameter torch holds afterwards, computed in torch's order of operations;
-    where torch's last op adds an increment to the parameter it was given
-    (``param.add_``, ``param.addcdiv_``), the rule returns it as a
+    ``options`` the group's hyperparameters (schedules evaluated), ``scalars``
+    what ``scalars`` returned. ``new_param`` is the parameter torch holds
+    afterwards, computed in torch's order of operations; where torch's last op
+    adds an increment to the parameter it was given (``param.add_``,
+    ``param.addcdiv_``), the rule returns it as a
     :class:`functorch_optim.kernels.Increment` (``add_step``, ``addcdiv_step``),
     which the functional path returns as the update itself.
 ``options``
@@ -44,6 +66,24 @@ keeps such as ASGD's ``eta``), and the per-leaf part, the array math.
     them never recompiles) or, already evaluated by the runner, schedules. Flags
     (``amsgrad``, ``maximize``, ...) are Python values. Use :func:`nonzero` where
     torch branches on ``x != 0``.
+
+Per-step scalar names
+    One quantity has one name in every algorithm, torch's name for it where torch
+    names it: ``step_size`` is the scalar a rule multiplies its update direction
+    by, the learning rate of this step (torch's ``step_size`` and ``clr``; NAdam's
+    two directions have ``grad_step_size`` and ``exp_avg_step_size``);
+    ``bias_correction1``, ``bias_correction2`` and ``bias_correction2_sqrt`` are
+    ``1 - beta ** step`` and its root
+    (:func:`functorch_optim.kernels.bias_corrections`); ``eta``, ``mu``,
+    ``rect``, ``rho_t`` and ``one_minus_beta2_t`` are torch's. A field that holds
+    a quantity's negation is ``neg_<name>`` (torch's ``step_size_neg`` and
+    ``neg_bias_correction``): the scalar part negates where these rules always
+    have, since XLA's simplifier reassociates the products and quotients a
+    negation does not separate (``a / (b / c)`` becomes ``a c / b``), so where it
+    stands is part of the rounding. What torch's capturable path derives from
+    these for each parameter (Adam's denominator ``sqrt(v) /
+    (bias_correction2_sqrt * neg_step_size) + eps / neg_step_size``) the rule
+    computes, as torch writes it.
 """
 
 from __future__ import annotations
@@ -51,7 +91,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol, TypeAlias, get_origin, get_type_hints
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +157,18 @@ def _unwrapped(value: Any) -> Any:
     return value.value if isinstance(value, StaticDefault) else value
 
 
+# The marker of a scalar entry in a state type (see the module docstring): an array
+# for type checkers, an entry kept once (not a tree shaped like the params) here.
+_SCALAR_ENTRY = "scalar entry"
+ScalarEntry: TypeAlias = Annotated[Array, _SCALAR_ENTRY]
+
+
+def _is_scalar_entry(annotation: Any) -> bool:
+    return get_origin(annotation) is Annotated and _SCALAR_ENTRY in getattr(
+        annotation, "__metadata__", ()
+    )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Algorithm:
     """One torch.optim algorithm: its signature, validation, state and step rule.
@@ -129,15 +181,14 @@ class Algorithm:
       step: per-leaf part of the step rule, see the module docstring.
       validate: raises torch's exception for invalid options (it sees the options as
         given; schedules and traced values are skipped by :func:`require`).
-      state_names: torch's per-parameter state keys, in torch's order. ``step`` is
-        listed only where torch keeps it.
-      state_type: the functional state, a NamedTuple: ``count`` (int32, steps
-        taken), then ``state_names`` without ``step``, each a tree shaped like the
-        params (None where torch creates none), the scalar entries once. None for
-        L-BFGS, which has no per-leaf rule.
+      state_type: the functional state, a NamedTuple and the one declaration of
+        the algorithm's state (see the module docstring): ``count``, then torch's
+        per-parameter entries in torch's order, the scalar entries annotated
+        :data:`ScalarEntry`. None for L-BFGS, which has no per-leaf rule.
+      keeps_step: torch keeps a per-parameter ``step`` entry (all but SGD and
+        Muon).
       scalars: scalar part of the step rule, see the module docstring.
       init_scalars: scalar state constructor, see the module docstring.
-      scalar_names: the keys of ``init_scalars``' result.
       complex_as_real: run the rule on ``view_as_real`` views of complex leaves, as
         torch does for this algorithm.
       reads_params: ``reads_params(options)`` is False when the update does not
@@ -167,15 +218,14 @@ class Algorithm:
     name: str
     functional: Callable[..., Any]
     init: Callable[[Array, Options], dict]
-    step: Callable[[Array, Array, dict, Options], tuple[Array, dict]]
+    step: Callable[[Array, Array, dict, Options, Any], tuple[Array, dict]]
     validate: Callable[[Options], None]
-    state_names: tuple[str, ...]
     state_type: Any = None
-    scalars: Callable[[Array, dict, Options], tuple[dict, dict]] = (
-        lambda step, scalar_state, options: ({}, {})
+    keeps_step: bool = True
+    scalars: Callable[[Array, dict, Options], tuple[Any, dict]] = (
+        lambda step, scalar_state, options: (None, {})
     )
     init_scalars: Callable[[Options], dict] = lambda options: {}
-    scalar_names: tuple[str, ...] = ()
     complex_as_real: bool = True
     reads_params: Callable[[Options], bool] = lambda options: nonzero(
         options.get("weight_decay", 0.0)
@@ -187,10 +237,25 @@ class Algorithm:
     state_at_construction: bool = False
     step_is_tensor: bool = True
     check_params: Callable[[list], None] | None = None
+    # (state_names, scalar_names), derived from state_type by __post_init__
+    _names: tuple[tuple[str, ...], tuple[str, ...]] = dataclasses.field(
+        init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.state_type is None:
+            object.__setattr__(self, "_names", ((), ()))
             return
+        fields = self.state_type._fields
+        if fields[:1] != ("count",):
+            raise TypeError(
+                f"{self.name}'s state type {self.state_type.__name__} must start "
+                f"with count, got the fields {fields}"
+            )
+        hints = get_type_hints(self.state_type, include_extras=True)
+        scalar_names = tuple(f for f in fields[1:] if _is_scalar_entry(hints[f]))
+        state_names = ("step",) * self.keeps_step + fields[1:]
+        object.__setattr__(self, "_names", (state_names, scalar_names))
         # The functional's signature shows its integer defaults as StaticDefault,
         # so optax.inject_hyperparams keeps them static.
         signature = inspect.signature(self.functional)
@@ -202,6 +267,20 @@ class Algorithm:
         self.functional.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=parameters
         )
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """torch's per-parameter state keys, in torch's order: ``"step"`` where
+        torch keeps it (:attr:`keeps_step`), then the state type's fields after
+        ``count``. Empty for L-BFGS (no state type: its state is global,
+        :data:`functorch_optim.lbfgs.TORCH_STATE`)."""
+        return self._names[0]
+
+    @property
+    def scalar_names(self) -> tuple[str, ...]:
+        """The state type's :data:`ScalarEntry` fields (the keys of
+        ``init_scalars``' result), in its order."""
+        return self._names[1]
 
     @property
     def defaults(self) -> dict[str, Any]:

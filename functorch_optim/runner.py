@@ -5,7 +5,7 @@ Named for what it does: it runs a per-leaf rule; it is not a fused kernel (torch
 leaves into flat buffers is :mod:`functorch_optim.packing`, built on this module.
 
 Two state layouts run the same rule (``Algorithm.scalars`` once per step, then
-``Algorithm.step`` per leaf):
+``Algorithm.step`` per leaf, given the step's scalars):
 
 * the functional state, ``Algorithm.state_type``: one ``count`` for the whole tree,
   each array entry a tree shaped like the params, each scalar entry once. The
@@ -16,7 +16,11 @@ Two state layouts run the same rule (``Algorithm.scalars`` once per step, then
   gradient does not step.
 
 Every path that steps parameters goes through :func:`step_scalars` and
-:func:`run_rule`, so the numerics are defined in one place.
+:func:`run_rule`, so the numerics are defined in one place. Both layouts' entries
+are derived from ``Algorithm.state_type`` (:func:`array_names`,
+``Algorithm.scalar_names``); the runner checks, as it traces them, that what a
+rule's ``init``, ``init_scalars``, ``scalars`` and ``step`` return has exactly
+those entries (:func:`_checked`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def evaluate_schedules(options: Options, count: Any) -> Options:
     ``betas``) by its value at ``count``."""
 
     def evaluate(value):
+        # fo's schedules give their value to double accuracy with x64 off (a
+        # doubled.Float pair), so the step's scalars computed from it stay so
+        if hasattr(value, "exact_value"):
+            return value.exact_value(count)
         if callable(value):
             return value(count)
         if isinstance(value, tuple):
@@ -67,14 +75,32 @@ def evaluate_schedules(options: Options, count: Any) -> Options:
 
 def step_scalars(
     algorithm: Algorithm, count: Any, scalar_state: dict, options: Options
-) -> tuple[Options, dict]:
+) -> tuple[Options, Any, dict]:
     """The scalar part of a step from ``count`` steps taken: the options the
-    per-leaf part reads (schedules evaluated at ``count``, the step's values
-    added) and the new scalar state."""
+    per-leaf part reads (schedules evaluated at ``count``), the step's scalars
+    (``Algorithm.scalars``' NamedTuple, or None) and the new scalar state."""
     options = evaluate_schedules(options, count)
-    values, new_scalars = algorithm.scalars(count + 1, scalar_state, options)
+    scalars, new_scalars = algorithm.scalars(count + 1, scalar_state, options)
+    _checked(
+        algorithm, "scalars' new scalar state", new_scalars, algorithm.scalar_names
+    )
     new_scalars = {k: _cast_like(v, scalar_state[k]) for k, v in new_scalars.items()}
-    return Options({**options, **values}), new_scalars
+    return options, scalars, new_scalars
+
+
+def _checked(algorithm: Algorithm, what: str, entries: dict, names: Any) -> dict:
+    """``entries`` (what ``what`` returned), checked to have exactly the keys
+    ``names`` (the entries the algorithm's state type declares); a TypeError
+    naming the algorithm and the keys otherwise. Run as a rule is traced."""
+    if entries.keys() != set(names):
+        declared = list(names)
+        raise TypeError(
+            f"{algorithm.name}'s {what} has the entries {list(entries)}, but its "
+            f"state type {algorithm.state_type.__name__} declares {declared}: "
+            f"missing {[k for k in declared if k not in entries]}, unexpected "
+            f"{[k for k in entries if k not in declared]}"
+        )
+    return entries
 
 
 def run_rule(
@@ -83,10 +109,12 @@ def run_rule(
     grad: Any,
     state: dict,
     options: Options,
+    scalars: Any,
     as_update: bool = False,
 ) -> tuple[Any, dict]:
-    """The per-leaf part of a step on one leaf (its array state entries), with
-    torch's complex handling and dtype preservation: the new parameter and state,
+    """The per-leaf part of a step on one leaf (its array state entries, the
+    options and the step's scalars of :func:`step_scalars`), with torch's complex
+    handling and dtype preservation: the new parameter and state,
     or with ``as_update`` the update that :func:`~functorch_optim.apply_updates`
     turns ``param`` into the new parameter with.
 
@@ -105,22 +133,24 @@ def run_rule(
     phases). XLA inlines the calls, so the compiled step is the one the leaves'
     own traces give, bit for bit. Eager calls run the rule directly, op by op.
     """
-    if is_concrete(param):
-        return _rule(algorithm, param, grad, state, options, as_update)
-    values = _values(options)
-    static = _StaticOptions.of(options, values)
-    if static is None:
-        return _rule(algorithm, param, grad, state, options, as_update)
-    return _traced_rule(algorithm, static, as_update, param, grad, state, values)
+    if not is_concrete(param):
+        values = _values(options)
+        static = _StaticOptions.of(options, values)
+        if static is not None:
+            return _traced_rule(
+                algorithm, static, as_update, param, grad, state, values, scalars
+            )
+    return _rule(algorithm, as_update, param, grad, state, options, scalars)
 
 
 def _rule(
     algorithm: Algorithm,
+    as_update: bool,
     param: Any,
     grad: Any,
     state: dict,
     options: Options,
-    as_update: bool,
+    scalars: Any,
 ) -> tuple[Any, dict]:
     as_real = algorithm.complex_as_real and jnp.iscomplexobj(param)
     if as_real:
@@ -129,7 +159,7 @@ def _rule(
     else:
         run_param, run_grad, run_state = param, grad, state
 
-    # The array values (the step's scalars, traced hyperparameters) are passed in,
+    # The array values (traced hyperparameters, the step's scalars) are passed in,
     # not closed over: explicit_as_auto moves its arguments to auto mesh axes.
     values = _values(options)
 
@@ -137,8 +167,9 @@ def _rule(
     # fact, so it leaves the rule beside its arrays, which explicit_as_auto shards)
     gives_update = []
 
-    def rule(p, g, s, values):
-        new_p, new_s = algorithm.step(p, g, s, Options({**options, **values}))
+    def rule(p, g, s, values, scalars):
+        new_p, new_s = algorithm.step(p, g, s, Options({**options, **values}), scalars)
+        _checked(algorithm, "step's new state", new_s, array_names(algorithm))
         if isinstance(new_p, Increment):
             if as_update and _is_update(new_p, p):
                 gives_update.append(True)
@@ -148,7 +179,7 @@ def _rule(
 
     if not algorithm.elementwise or sharded_apart(run_param, run_state):
         rule = explicit_as_auto(rule, run_param, run_state)
-    result, new_state = rule(run_param, run_grad, run_state, values)
+    result, new_state = rule(run_param, run_grad, run_state, values, scalars)
     is_update = bool(gives_update)
     if as_real:
         result = to_complex(result, param)
@@ -166,8 +197,8 @@ def _rule(
 
 
 def _values(options: Options) -> dict:
-    """The options that are traced values: arrays (the step's scalars, traced
-    hyperparameters) and the facade's traced Python floats
+    """The options that are traced values: arrays (traced hyperparameters,
+    evaluated schedules) and the facade's traced Python floats
     (:class:`~functorch_optim.doubled.Float`, pairs of arrays)."""
     return {k: v for k, v in options.items() if isinstance(v, (jax.Array, Doubled))}
 
@@ -222,9 +253,10 @@ def _nested_rule(
     grad: Any,
     state: dict,
     values: dict,
+    scalars: Any,
 ) -> tuple[Any, dict]:
     options = Options({**dict(static.items), **values})
-    return _rule(algorithm, param, grad, state, options, as_update)
+    return _rule(algorithm, as_update, param, grad, state, options, scalars)
 
 
 _traced_rule = jax.jit(_nested_rule, static_argnums=(0, 1, 2))
@@ -255,8 +287,23 @@ def init_leaf(algorithm: Algorithm, param: Any, options: Options) -> dict:
     (:func:`functorch_optim.sharding.place_like`)."""
     zero = jnp.zeros((), jnp.int32)
     options = evaluate_schedules(options, zero)
-    state = {**algorithm.init_scalars(options), **algorithm.init(param, options)}
+    state = {
+        **init_scalars(algorithm, options),
+        **init_arrays(algorithm, param, options),
+    }
     return place_like({STEP: zero, **state}, param)
+
+
+def init_scalars(algorithm: Algorithm, options: Options) -> dict:
+    """The scalar entries ``algorithm.init_scalars`` creates (checked)."""
+    scalars = algorithm.init_scalars(options)
+    return _checked(algorithm, "init_scalars", scalars, algorithm.scalar_names)
+
+
+def init_arrays(algorithm: Algorithm, param: Any, options: Options) -> dict:
+    """The array entries ``algorithm.init`` creates for ``param`` (checked)."""
+    arrays = algorithm.init(param, options)
+    return _checked(algorithm, "init", arrays, array_names(algorithm))
 
 
 def step_leaf(
@@ -265,24 +312,26 @@ def step_leaf(
     grad: Any,
     state: dict,
     options: Options,
-    scalars: tuple[Options, dict] | None = None,
+    scalar_part: tuple[Options, Any, dict] | None = None,
 ) -> tuple[Any, dict]:
     """One step of one leaf with its own state (``step``, scalar and array
-    entries), as torch steps each parameter; ``scalars``, where given, is the
+    entries), as torch steps each parameter; ``scalar_part``, where given, is the
     leaf's :func:`step_scalars` (computed with its group's,
     :func:`_group_scalars`)."""
-    if scalars is None:
-        scalars = step_scalars(
+    if scalar_part is None:
+        scalar_part = step_scalars(
             algorithm,
             state[STEP],
             {k: state[k] for k in algorithm.scalar_names},
             options,
         )
-    step_options, new_scalars = scalars
+    step_options, scalars, new_scalars = scalar_part
     arrays = {
         k: v for k, v in state.items() if k != STEP and k not in algorithm.scalar_names
     }
-    new_param, new_arrays = run_rule(algorithm, param, grad, arrays, step_options)
+    new_param, new_arrays = run_rule(
+        algorithm, param, grad, arrays, step_options, scalars
+    )
     new_state = {STEP: state[STEP] + 1, **new_scalars, **new_arrays}
     return new_param, place_like(new_state, param)
 
@@ -297,9 +346,9 @@ def step_leaves(
     """Step a list of leaves sharing one set of options (one param group), each
     with its own state."""
     grads = [taken_grad(algorithm, g, options) for g in grads]
-    scalars = _group_scalars(algorithm, states, options)
+    parts = _group_scalars(algorithm, states, options)
     results = [
-        step_leaf(algorithm, p, g, s, options, None if scalars is None else scalars[i])
+        step_leaf(algorithm, p, g, s, options, None if parts is None else parts[i])
         for i, (p, g, s) in enumerate(zip(params, grads, states, strict=True))
     ]
     return [r[0] for r in results], [r[1] for r in results]
@@ -307,7 +356,7 @@ def step_leaves(
 
 def _group_scalars(
     algorithm: Algorithm, states: Sequence[dict], options: Options
-) -> list[tuple[Options, dict]] | None:
+) -> list[tuple[Options, Any, dict]] | None:
     """Each leaf's :func:`step_scalars`, computed together with x64 off (None
     otherwise, or for one leaf): each leaf keeps its own step count and scalar
     state, but the step's scalar program (float32 pairs, a few hundred ops with
@@ -321,29 +370,27 @@ def _group_scalars(
         k: jnp.stack([jnp.asarray(s[k]) for s in states])
         for k in algorithm.scalar_names
     }
-    # the options the scalar part leaves as they are (or makes Python values):
-    # the same for every leaf, kept out of the vectors
+    # the options that evaluating schedules leaves as they are (or makes Python
+    # values): the same for every leaf, kept out of the vectors
     kept: dict = {}
 
-    def scalars(count, scalar_state):
-        step_options, new_scalars = step_scalars(
+    def scalar_part(count, scalar_state):
+        step_options, scalars, new_scalars = step_scalars(
             algorithm, count, scalar_state, options
         )
-        computed = {}
+        evaluated = {}
         for k, v in step_options.items():
             if isinstance(v, (jax.Array, Doubled)) and v is not options.get(k):
-                computed[k] = v
+                evaluated[k] = v
             else:
                 kept[k] = v
-        return computed, new_scalars
+        return evaluated, scalars, new_scalars
 
-    computed, new_scalars = jax.vmap(scalars)(counts, scalar_states)
+    vectors = jax.vmap(scalar_part)(counts, scalar_states)
+    parts = [jax.tree.map(operator.itemgetter(i), vectors) for i in range(len(states))]
     return [
-        (
-            Options({**kept, **jax.tree.map(operator.itemgetter(i), computed)}),
-            {k: v[i] for k, v in new_scalars.items()},
-        )
-        for i in range(len(states))
+        (Options({**kept, **evaluated}), scalars, new_scalars)
+        for evaluated, scalars, new_scalars in parts
     ]
 
 
@@ -377,7 +424,7 @@ def init_tree(algorithm: Algorithm, params: Any, options: Options) -> Any:
     options = evaluate_schedules(options, zero)
     names = array_names(algorithm)
     per_leaf = [
-        place_like(algorithm.init(p, options), p)
+        place_like(init_arrays(algorithm, p, options), p)
         if holds_state(p)
         else dict.fromkeys(names)
         for p in leaves
@@ -392,7 +439,9 @@ def init_tree(algorithm: Algorithm, params: Any, options: Options) -> Any:
         else None
         for name in names
     }
-    return algorithm.state_type(count=zero, **algorithm.init_scalars(options), **arrays)
+    return algorithm.state_type(
+        count=zero, **init_scalars(algorithm, options), **arrays
+    )
 
 
 # Leaves that tell every entry an algorithm creates: Adafactor's depend on the rank.
@@ -405,7 +454,7 @@ def _created_for_some_leaf(algorithm: Algorithm, options: Options) -> set[str]:
     created = set()
     for probe in _PROBES:
         try:
-            state = jax.eval_shape(lambda p: algorithm.init(p, options), probe)
+            state = jax.eval_shape(lambda p: init_arrays(algorithm, p, options), probe)
         except ValueError:  # a rank it rejects (Muon: matrices only)
             continue
         created |= {name for name, v in state.items() if v is not None}
@@ -438,8 +487,10 @@ def step_tree(
         else treedef.flatten_up_to(getattr(state, name))
         for name in names
     }
-    scalars = {k: getattr(state, k) for k in algorithm.scalar_names}
-    step_options, new_scalars = step_scalars(algorithm, state.count, scalars, options)
+    scalar_state = {k: getattr(state, k) for k in algorithm.scalar_names}
+    step_options, scalars, new_scalars = step_scalars(
+        algorithm, state.count, scalar_state, options
+    )
     results = []
     for i, (p, g) in enumerate(zip(leaves, grad_leaves, strict=True)):
         leaf_state = {name: columns[name][i] for name in names}
@@ -447,7 +498,7 @@ def step_tree(
             results.append((None if as_updates else p, leaf_state))
         else:
             results.append(
-                run_rule(algorithm, p, g, leaf_state, step_options, as_updates)
+                run_rule(algorithm, p, g, leaf_state, step_options, scalars, as_updates)
             )
     new_state = algorithm.state_type(
         count=state.count + 1,

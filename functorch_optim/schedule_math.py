@@ -9,13 +9,23 @@ ReduceLROnPlateau state machine.
 
 A function that branches or calls a transcendental takes ``ops``: :data:`PY` gives
 torch's own Python arithmetic (only the branch taken is computed), :data:`JAX` the
-same operations on traced scalars (every branch is computed and one selected). This
-module is internal: its names are no part of the public API.
+same operations on traced scalars (every branch is computed and one selected), and
+:data:`PAIRS` the same on float32 pairs (:mod:`functorch_optim.doubled`), the
+schedules' values to double accuracy with x64 off: the count enters as an exact
+pair that keeps its integer form (:class:`PairCount`: ``t // s`` and ``t % s`` in
+int32, ``gamma ** t`` from :func:`~functorch_optim.doubled.powers`' tables), Python
+numbers meet it as exact pairs, and :meth:`_PairOps.one_plus_cos_pi` reduces its
+argument exactly in half-turns. Where torch's own arithmetic would differ between
+two ways of writing a formula, the functions here keep torch's for :data:`PY` (and
+:data:`JAX`, which mirrors it). This module is internal: its names are no part of
+the public API.
 """
 
 from __future__ import annotations
 
+import decimal
 import math
+import operator
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -23,13 +33,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import doubled
+from .doubled import Doubled
+
 # --- arithmetic shared by the Python (stateful) and jnp (functional) forms ----------
 
 
 class _PythonOps:
     """Python-float arithmetic, torch's own for its schedulers."""
 
-    cos = staticmethod(math.cos)
     floor = staticmethod(math.floor)
     minimum = staticmethod(min)
     maximum = staticmethod(max)
@@ -49,17 +61,44 @@ class _PythonOps:
     @staticmethod
     def first(branches: Sequence[tuple[Any, Callable[[], Any]]]) -> Any:
         """The value of the first branch whose condition holds (the last is taken
-        unconditionally); only that branch is computed, as torch computes it."""
+        unconditionally); only that branch is computed, as torch computes it. A
+        value may be a tuple."""
         for condition, value in branches[:-1]:
             if condition:
                 return value()
         return branches[-1][1]()
 
+    @staticmethod
+    def when(condition, value):
+        """``condition * value``: ``value`` where the condition holds, else 0."""
+        return condition * value
+
+    @staticmethod
+    def one_plus_cos_pi(numerator, denominator, divide_first: bool):
+        """``1 + cos(pi n / d)``, rounded as torch writes it: ``pi * (n / d)``
+        where it divides first (OneCycleLR's ``pct``), else ``pi * n / d``."""
+        angle = (
+            math.pi * (numerator / denominator)
+            if divide_first
+            else math.pi * numerator / denominator
+        )
+        return 1 + math.cos(angle)
+
+    @staticmethod
+    def cycle(t, total_size):
+        """CyclicLR's 1-based cycle of ``t`` and the fraction of it run."""
+        cycle = math.floor(1 + t / total_size)
+        return cycle, 1.0 + t / total_size - cycle
+
+    @classmethod
+    def anneal(cls, strategy, start, end, elapsed, length):
+        """OneCycleLR's anneal (:func:`anneal`), as torch writes it."""
+        return _torch_anneal(cls, strategy, start, end, elapsed, length)
+
 
 class _JaxOps:
     """The same operations on (possibly traced) JAX scalars."""
 
-    cos = staticmethod(jnp.cos)
     floor = staticmethod(jnp.floor)
     minimum = staticmethod(jnp.minimum)
     where = staticmethod(jnp.where)
@@ -88,12 +127,334 @@ class _JaxOps:
         # zero, which only yields an unused inf/nan here.
         result = branches[-1][1]()
         for condition, value in reversed(branches[:-1]):
-            result = jnp.where(condition, value(), result)
+            result = _select(
+                lambda a, b, c=condition: jnp.where(c, a, b), value(), result
+            )
         return result
+
+    @staticmethod
+    def when(condition, value):
+        return condition * value
+
+    @staticmethod
+    def one_plus_cos_pi(numerator, denominator, divide_first: bool):
+        angle = (
+            math.pi * (numerator / denominator)
+            if divide_first
+            else math.pi * numerator / denominator
+        )
+        return 1 + jnp.cos(angle)
+
+    @staticmethod
+    def cycle(t, total_size):
+        cycle = jnp.floor(1 + t / total_size)
+        return cycle, 1.0 + t / total_size - cycle
+
+    @classmethod
+    def anneal(cls, strategy, start, end, elapsed, length):
+        return _torch_anneal(cls, strategy, start, end, elapsed, length)
+
+
+def _torch_anneal(ops, strategy, start, end, elapsed, length):
+    if strategy == "cos":
+        cos_out = ops.one_plus_cos_pi(elapsed, length, divide_first=True)
+        return end + (start - end) / 2.0 * cos_out
+    pct = elapsed / length
+    return (end - start) * pct + start
+
+
+def _select(where: Callable[[Any, Any], Any], a, b):
+    """``where(a, b)``, also of two tuples (element by element)."""
+    if isinstance(a, tuple):
+        return tuple(_select(where, x, y) for x, y in zip(a, b, strict=True))
+    return where(a, b)
+
+
+def _integral(x) -> bool:
+    """Whether ``x`` is a Python int (or an integral float) an int32 holds."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return float(x).is_integer() and abs(x) < 2**31
+
+
+class PairCount(Doubled):
+    """A step count (int32, ``>= 0``) as an exact :class:`~doubled.Doubled`,
+    that keeps its integer form where torch's arithmetic on the count stays in
+    integers: ``//``, ``%``, ``+`` and ``-`` with ints, ``min``, comparisons with
+    integral numbers, and powers of it (``gamma ** t``: a table lookup per 7
+    bits, :func:`~functorch_optim.doubled.powers`); other arithmetic is the
+    pair's. Its pair is made only when an operation needs it."""
+
+    __slots__ = ("count", "_pair")
+
+    def __init__(self, count) -> None:
+        self.count = jnp.asarray(count, jnp.int32)
+        self._pair: Doubled | None = None
+
+    def _exact(self) -> Doubled:
+        if self._pair is None:
+            self._pair = doubled.of(self.count)
+        return self._pair
+
+    @property  # type: ignore[override]
+    def hi(self):
+        return self._exact().hi
+
+    @property  # type: ignore[override]
+    def lo(self):
+        return self._exact().lo
+
+    def __repr__(self) -> str:
+        return f"PairCount({self.count!r})"
+
+    def _integer(self, other):
+        if isinstance(other, PairCount):
+            return other.count
+        if _integral(other):
+            return int(other)
+        return None
+
+    def __floordiv__(self, other) -> PairCount:
+        return PairCount(self.count // _index(other))
+
+    def __mod__(self, other) -> PairCount:
+        return PairCount(self.count % _index(other))
+
+    def __add__(self, other):
+        integer = self._integer(other)
+        if integer is None:
+            return self._exact() + other
+        return PairCount(self.count + integer)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        integer = self._integer(other)
+        if integer is None:
+            return self._exact() - other
+        return PairCount(self.count - integer)
+
+    def __rsub__(self, other):
+        integer = self._integer(other)
+        if integer is None:
+            return other - self._exact()
+        return PairCount(integer - self.count)
+
+    def __rpow__(self, base) -> Doubled:
+        """``base ** count`` (a Python base: :func:`_count_power`)."""
+        if isinstance(base, bool) or not isinstance(base, (int, float)):
+            return doubled.of(base) ** self._exact()  # exp(count log(base))
+        return _count_power(float(base), self.count)
+
+    def _compare(self, op, other):
+        integer = self._integer(other)
+        if integer is None:
+            return op(self._exact(), other)
+        return op(self.count, integer)
+
+    def __gt__(self, other):
+        return self._compare(operator.gt, other)
+
+    def __lt__(self, other):
+        return self._compare(operator.lt, other)
+
+    def __ge__(self, other):
+        return self._compare(operator.ge, other)
+
+    def __le__(self, other):
+        return self._compare(operator.le, other)
+
+
+def _index(x) -> int:
+    """``x`` as a Python int (an integral float too, as torch's ``t // 7.0``)."""
+    if not _integral(x):
+        raise TypeError(f"a step count's integer arithmetic takes an integer, got {x}")
+    return int(x)
+
+
+def _count_power(base: float, count) -> Doubled:
+    """``base ** count`` for a Python float and an int32 count ``>= 0``: a power of
+    two exactly (:class:`_PowerOfTwo`), another
+    base from :func:`~functorch_optim.doubled.powers`' tables (a negative one
+    with the count's sign)."""
+    power: Doubled
+    if base != 0 and math.isfinite(base) and abs(math.frexp(base)[0]) == 0.5:
+        power = _PowerOfTwo(count * (math.frexp(abs(base))[1] - 1))
+    else:
+        (power,) = doubled.powers([(abs(base), count)])
+    if base < 0:
+        return doubled.where((count & 1) == 1, -power, power)
+    return power
+
+
+class _Ratio(Doubled):
+    """``n / d`` for an int32 ``n`` and a Python int ``d``, whose difference with an
+    int is one too (``x - 1`` of CyclicLR's fraction, exact where ``x`` near 1
+    as a pair would cancel to ``2**-48`` of 1); its pair ``n`` times ``1 / d``."""
+
+    __slots__ = ("numerator", "denominator", "_pair")
+
+    def __init__(self, numerator, denominator: int) -> None:
+        self.numerator = numerator
+        self.denominator = denominator
+        self._pair: Doubled | None = None
+
+    def _exact(self) -> Doubled:
+        if self._pair is None:
+            self._pair = doubled.of(self.numerator) * doubled.of(
+                decimal.Decimal(1) / decimal.Decimal(self.denominator)
+            )
+        return self._pair
+
+    @property  # type: ignore[override]
+    def hi(self):
+        return self._exact().hi
+
+    @property  # type: ignore[override]
+    def lo(self):
+        return self._exact().lo
+
+    def __sub__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool):
+            return _Ratio(self.numerator - other * self.denominator, self.denominator)
+        return self._exact() - other
+
+
+class _PowerOfTwo(Doubled):
+    """``2**e`` for an int32 ``e``, exactly (0 or inf beyond float32's range),
+    whose reciprocal (CyclicLR's ``1 / 2**(cycle - 1)``) is ``2**-e``, exactly,
+    where a quotient would have to take a number beyond its range."""
+
+    __slots__ = ("exponent",)
+
+    def __init__(self, exponent) -> None:
+        self.exponent = exponent
+        hi = _ldexp_one(exponent)
+        super().__init__(hi, jnp.zeros_like(hi))
+
+    def __rtruediv__(self, other) -> Doubled:
+        return doubled.of(other) * Doubled(
+            _ldexp_one(-self.exponent), jnp.zeros(jnp.shape(self.exponent), jnp.float32)
+        )
+
+
+def _ldexp_one(exponent):
+    return jnp.ldexp(jnp.float32(1), jnp.clip(exponent, -200, 200))
+
+
+def _integer_power(x: Doubled, n: int) -> Doubled:
+    """``x ** n`` for an int ``n >= 1``, by squaring (``x**2``: one product)."""
+    result: Doubled | None = None
+    while True:
+        if n & 1:
+            result = x if result is None else result * x
+        n >>= 1
+        if not n:
+            return result  # type: ignore[return-value]
+        x = x * x
+
+
+class _PairOps:
+    """The same operations on float32 pairs (:class:`~doubled.Doubled`), the
+    count a :class:`PairCount`; every branch is computed and one selected."""
+
+    floor = staticmethod(doubled.floor)
+    maximum = staticmethod(doubled.maximum)
+
+    @staticmethod
+    def minimum(a, b):
+        if isinstance(b, PairCount) and _integral(a):
+            return PairCount(jnp.minimum(int(a), b.count))
+        if isinstance(a, PairCount) and _integral(b):
+            return PairCount(jnp.minimum(a.count, int(b)))
+        return doubled.minimum(a, b)
+
+    @staticmethod
+    def where(condition, if_true, if_false):
+        return doubled.where(condition, if_true, if_false)
+
+    @staticmethod
+    def when(condition, value):
+        return doubled.where(condition, value, 0.0)
+
+    @staticmethod
+    def power(x, p):
+        # torch's Python pow, correctly rounded; integer powers as products
+        x = doubled.of(x)
+        if float(p).is_integer() and 1 <= p <= 64:
+            return _integer_power(x, int(p))
+        if p == 0:
+            return doubled.of(1.0)
+        result = x**p
+        return doubled.where(x.hi == 0, doubled.of(0.0 if p > 0 else math.inf), result)
+
+    @staticmethod
+    def count_reached(sorted_points: Sequence[int], t: PairCount) -> PairCount:
+        return PairCount(sum((t.count >= p).astype(jnp.int32) for p in sorted_points))
+
+    @staticmethod
+    def first(branches):
+        result = branches[-1][1]()
+        for condition, value in reversed(branches[:-1]):
+            result = _select(
+                lambda a, b, c=condition: doubled.where(c, a, b), value(), result
+            )
+        return result
+
+    @staticmethod
+    def one_plus_cos_pi(numerator, denominator, divide_first: bool):
+        del divide_first  # the exact quotient, whatever torch's rounding
+        numerator = numerator.count if isinstance(numerator, PairCount) else numerator
+        if isinstance(denominator, PairCount):
+            denominator = denominator.count
+        elif _integral(denominator):
+            denominator = int(denominator)
+        return doubled.one_plus_cos_pi(numerator, denominator)
+
+    @staticmethod
+    def cycle(t: PairCount, total_size):
+        """The cycle ``1 + k``, ``k = floor(t / N)``, and the fraction ``(t - k N) /
+        N``, from the remainder ``t - k N``: in int32 for an integral ``N``,
+        otherwise in pairs (exact where ``N`` has few significant bits, as step
+        sizes do). torch's double rounds ``1 + t / N`` first, to ``2**-53`` of
+        ``t / N``."""
+        if _integral(total_size) and total_size > 0:
+            size = int(total_size)
+            done = t.count // size
+            return PairCount(done + 1), _Ratio(t.count - done * size, size)
+        size_pair = doubled.of(total_size)
+        estimate = jnp.floor((t / size_pair).hi)
+        rest = t - size_pair * estimate
+        # the quotient's float32 is within one of k
+        below, above = rest < 0, ~(rest < size_pair)
+        rest = doubled.where(
+            below,
+            rest + size_pair,
+            doubled.where(above, rest - size_pair, rest),
+        )
+        done = estimate.astype(jnp.int32) - below + above
+        return PairCount(done + 1), rest / size_pair
+
+    @staticmethod
+    def anneal(strategy, start, end, elapsed, length):
+        """From the nearer end of the phase: ``near + (far - near) f``, with the
+        fraction ``f`` of the way at most 1/2, so the value is exact at both ends
+        and cancels nowhere (torch's ``end + (start - end) ...`` nears ``end`` by
+        cancellation from ``start``, to ``2**-48`` of ``start`` in pairs)."""
+        first_half = elapsed * 2 < length
+        near = doubled.where(first_half, start, end)
+        far = doubled.where(first_half, end, start)
+        if strategy == "cos":
+            # 1 + cos(pi m / L), m / L >= 1/2 the way from the far end
+            away = doubled.where(first_half, length - elapsed, elapsed)
+            return near + (far - near) / 2.0 * doubled.one_plus_cos_pi(away, length)
+        done = doubled.where(first_half, elapsed, length - elapsed)
+        return near + (far - near) * (done / length)
 
 
 PY = _PythonOps
 JAX = _JaxOps
+PAIRS = _PairOps
 
 
 # --- closed forms (``t`` = last_epoch) -----------------------------------------------
@@ -107,8 +468,8 @@ def multi_step_value(base, t, sorted_milestones, gamma, ops):
     return base * gamma ** ops.count_reached(sorted_milestones, t)
 
 
-def constant_value(base, t, factor, total_iters):
-    return base * (factor + (t >= total_iters) * (1 - factor))
+def constant_value(base, t, factor, total_iters, ops=PY):
+    return base * (factor + ops.when(t >= total_iters, 1 - factor))
 
 
 def linear_value(base, t, start_factor, end_factor, total_iters, ops):
@@ -131,21 +492,22 @@ def polynomial_value(base, t, total_iters, power, ops):
 
 
 def cosine_value(base, eta_min, t_cur, t_max, ops):
-    return eta_min + (base - eta_min) * (1 + ops.cos(math.pi * t_cur / t_max)) / 2
+    one_plus_cos = ops.one_plus_cos_pi(t_cur, t_max, divide_first=False)
+    return eta_min + (base - eta_min) * one_plus_cos / 2
 
 
 def cyclic_position(t, total_size, step_ratio, ops):
     """``(cycle, scale_factor)`` of CyclicLR at ``t``: the 1-based cycle and the
     fraction of the way from the low boundary to the high one."""
-    cycle = ops.floor(1 + t / total_size)
-    x = 1.0 + t / total_size - cycle
-    scale_factor = ops.first(
+    cycle, x = ops.cycle(t, total_size)
+    # one quotient, of the branch's operands
+    numerator, denominator = ops.first(
         [
-            (x <= step_ratio, lambda: x / step_ratio),
-            (True, lambda: (x - 1) / (step_ratio - 1)),
+            (x <= step_ratio, lambda: (x, step_ratio)),
+            (True, lambda: (x - 1, step_ratio - 1)),
         ]
     )
-    return cycle, scale_factor
+    return cycle, numerator / denominator
 
 
 def cyclic_lr_value(base_lr, max_lr, scale_factor, scale):
@@ -172,12 +534,10 @@ def check_cyclic_mode(mode, scale_fn) -> None:
         raise ValueError("mode is invalid and scale_fn is None")
 
 
-def anneal(strategy, start, end, pct, ops):
-    """OneCycleLR's annealing from ``start`` to ``end`` as ``pct`` goes 0 -> 1."""
-    if strategy == "cos":
-        cos_out = ops.cos(math.pi * pct) + 1
-        return end + (start - end) / 2.0 * cos_out
-    return (end - start) * pct + start
+def anneal(strategy, start, end, elapsed, length, ops):
+    """OneCycleLR's annealing from ``start`` to ``end`` as ``pct = elapsed /
+    length`` goes 0 -> 1."""
+    return ops.anneal(strategy, start, end, elapsed, length)
 
 
 def one_cycle_total_steps(total_steps, epochs, steps_per_epoch) -> int:
@@ -261,16 +621,21 @@ def one_cycle_value(t, phases, values, quantity, anneal_strategy, ops):
     for i, phase in enumerate(phases):
         end_step = phase["end_step"]
 
-        def value(phase=phase, start_step=start_step):
-            pct = (t - start_step) / (phase["end_step"] - start_step)
-            start = values[phase[f"start_{quantity}"]]
-            end = values[phase[f"end_{quantity}"]]
-            return anneal(anneal_strategy, start, end, pct, ops)
+        def operands(phase=phase, start_step=start_step):
+            # pct = (t - start_step) / (end_step - start_step), and the phase's
+            # values: the phase is selected first, then annealed once
+            return (
+                t - start_step,
+                phase["end_step"] - start_step,
+                values[phase[f"start_{quantity}"]],
+                values[phase[f"end_{quantity}"]],
+            )
 
         last = i == len(phases) - 1
-        branches.append((True if last else t <= end_step, value))
+        branches.append((True if last else t <= end_step, operands))
         start_step = end_step
-    return ops.first(branches)
+    elapsed, length, start, end = ops.first(branches)
+    return anneal(anneal_strategy, start, end, elapsed, length, ops)
 
 
 def check_constant_factor(factor) -> None:

@@ -21,6 +21,17 @@ The shapes are computed by :mod:`functorch_optim.schedule_math`, which the state
 schedulers of :mod:`functorch_optim.lr_scheduler` use too (Python floats there, jnp
 here), so both APIs share one definition of each.
 
+torch's schedulers compute the lr in Python double, and its optimizers use it in
+double scalar arithmetic (``lr / bias_correction1``) before one rounding. With x64
+on, the schedules compute in float64. With x64 off, they compute the same closed
+forms in float32 pairs (:mod:`functorch_optim.doubled`, to a few units of
+``2**-48``): :meth:`Schedule.exact_value` gives that pair as a
+:class:`~functorch_optim.doubled.Float`, which the functional optimizers' scalar
+arithmetic takes as torch takes its double, and calling the schedule gives its
+float32 rounding, torch's lr as a float32 tensor would hold it. The schedules of
+user functions (:func:`lambda_lr`, :func:`multiplicative_lr`, a ``scale_fn``)
+stay float32 there.
+
 :func:`reduce_on_plateau` (defined in :mod:`functorch_optim.plateau`) is a gradient
 transformation rather than a schedule, because its value depends on the losses seen:
 it reads the loss through ``update(..., value=loss)`` and scales the updates.
@@ -38,9 +49,10 @@ from typing import Any, cast
 import jax
 import jax.numpy as jnp
 
-from . import lr_scheduler
+from . import doubled, lr_scheduler
 from . import schedule_math as sm
 from .core import scalar_dtype
+from .doubled import Doubled
 from .plateau import reduce_on_plateau
 
 __all__ = [
@@ -66,6 +78,8 @@ __all__ = [
 ]
 
 CountFunction = Callable[[Any], Any]
+# a closed form's value at a count, computed with schedule_math's ops (JAX, PAIRS)
+OpsFunction = Callable[[Any, Any], Any]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,8 +99,13 @@ class Schedule:
     (``last_epoch`` :math:`= c`): both use ``schedule(c)`` for step :math:`c + 1`.
     A torch scheduler stepped once per epoch maps to :func:`per_epoch`.
 
+    With x64 off, the lr schedules of this module also compute their value as a
+    float32 pair (``pair_fn``, :mod:`functorch_optim.doubled`), to double
+    accuracy: :meth:`exact_value` gives it, and calling the schedule gives its
+    float32 rounding (with an integer count; a float count takes ``fn``).
+
     Attributes:
-      fn: the function of the count.
+      fn: the function of the count (in the scalar dtype: float64 with x64 on).
       torch_class: the name of torch's scheduler class; None where none
         corresponds (a momentum schedule, or a wrapped plain function).
       torch_args: that class's constructor arguments, but the optimizer (and a
@@ -94,6 +113,9 @@ class Schedule:
       lr: the optimizer's lr torch's scheduler starts from (its ``initial_lr``).
       children: the schedules of :func:`sequential_lr` and :func:`chained_lr`.
       steps_per_epoch: optimizer steps per ``scheduler.step()`` (:func:`per_epoch`).
+      pair_fn: the function of an integer count giving the value as a
+        :class:`~functorch_optim.doubled.Doubled`, used with x64 off; None where
+        the value is ``fn``'s float32 (a user function's).
 
     Example:
       >>> lr = fo.step_lr(1e-3, step_size=10)  # torch_sched: StepLR(torch_opt, 10)
@@ -109,9 +131,30 @@ class Schedule:
     lr: Any = None
     children: tuple[CountFunction, ...] = ()
     steps_per_epoch: int = 1
+    pair_fn: CountFunction | None = None
 
     def __call__(self, count):
-        return self.fn(count)
+        if self.pair_fn is None or not _pairs_for(count):
+            return self.fn(count)
+        return jnp.asarray(doubled.rounded(self.pair_fn(count)), jnp.float32)
+
+    def exact_value(self, count):
+        """The value at ``count`` as torch's Python double, for scalar arithmetic.
+
+        With x64 off, a :class:`~functorch_optim.doubled.Float`: the pair of
+        ``pair_fn`` (within a few units of ``2**-48`` of the closed form), or
+        ``fn``'s float32 value exactly where there is none (a user function's), so
+        that ``lr / bias_correction1`` rounds once, as torch's does. With x64 on,
+        the float64 value of calling the schedule.
+        """
+        if scalar_dtype() != jnp.float32:
+            return self(count)
+        return doubled.Float.of_pair(self._pair(count))
+
+    def _pair(self, count) -> Doubled:
+        if self.pair_fn is not None and _pairs_for(count):
+            return self.pair_fn(count)
+        return doubled.of(jnp.asarray(self.fn(count), jnp.float32))
 
     def torch_state_dict(self, count) -> dict[str, Any]:
         r"""The ``state_dict()`` of this schedule's torch scheduler at ``count``.
@@ -238,10 +281,14 @@ def per_epoch(schedule: CountFunction, steps_per_epoch: int) -> Schedule:
             f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}"
         )
     base = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    pair_fn = base.pair_fn
     return dataclasses.replace(
         base,
         fn=lambda count: base.fn(count // steps_per_epoch),
         steps_per_epoch=base.steps_per_epoch * steps_per_epoch,
+        pair_fn=None
+        if pair_fn is None
+        else lambda count: pair_fn(jnp.asarray(count) // steps_per_epoch),
     )
 
 
@@ -478,6 +525,42 @@ def _float_count(count) -> jax.Array:
     return jnp.asarray(count).astype(scalar_dtype())
 
 
+def _pairs_for(count) -> bool:
+    """Whether a schedule computes its value at ``count`` in pairs: with x64 off,
+    for an integer count."""
+    if scalar_dtype() != jnp.float32 or isinstance(count, bool):
+        return False
+    return isinstance(count, int) or jnp.issubdtype(jnp.result_type(count), jnp.integer)
+
+
+def _count(count, ops):
+    """The count as the closed forms take it: a float in the scalar dtype
+    (:data:`~functorch_optim.schedule_math.JAX`), or an exact pair keeping its
+    int32 (:data:`~functorch_optim.schedule_math.PAIRS`)."""
+    return sm.PairCount(count) if ops is sm.PAIRS else _float_count(count)
+
+
+def _closed_form(
+    value: OpsFunction, torch_class: str | None, torch_args, lr
+) -> Schedule:
+    """The schedule of ``value(count, ops)``: jnp in the scalar dtype, and pairs
+    with x64 off."""
+    return Schedule(
+        lambda count: value(count, sm.JAX),
+        torch_class,
+        torch_args,
+        lr,
+        pair_fn=lambda count: value(count, sm.PAIRS),
+    )
+
+
+def _pair_value(schedule: CountFunction, count) -> Doubled:
+    """A (child) schedule's value as a pair: a function's float32 exactly."""
+    if isinstance(schedule, Schedule):
+        return schedule._pair(count)
+    return doubled.of(jnp.asarray(schedule(count), jnp.float32))
+
+
 def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
     r"""``torch.optim.lr_scheduler.LambdaLR``: :math:`\eta_t = \eta_0 \lambda(t)`.
 
@@ -489,6 +572,11 @@ def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
         ``int / int`` does in double (an int32 count would divide in float32).
         A lambda with a Python ``if`` on the count cannot be traced: write it
         with ``jnp.where``, or use the facade's ``fo.lr_scheduler.LambdaLR``.
+
+    With x64 off the value is the float32 the function computes (torch's is a
+    double): a user function has no pair form, so :meth:`Schedule.exact_value`
+    gives that float32, and the lr is within an ulp or so of torch's rather than
+    rounded as torch's double.
 
     Returns:
       A schedule ``count -> value``.
@@ -509,6 +597,9 @@ def multiplicative_lr(lr, lr_lambda: CountFunction) -> Schedule:
 
     The product has no closed form for a general ``lr_lambda``, so the schedule
     runs a loop of ``t`` iterations (a ``lax.fori_loop``) at each evaluation.
+    With x64 off it multiplies in float32, as :func:`lambda_lr` computes (no pair
+    form: :meth:`Schedule.exact_value` gives the float32), so its rounding errors
+    add up over the ``t`` factors where torch's double's do not show.
 
     Args:
       lr: the initial value :math:`\eta_0`.
@@ -545,8 +636,8 @@ def step_lr(lr, step_size: int, gamma=0.1) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.step_lr(0.1, step_size=30))
     """
-    return Schedule(
-        lambda count: sm.step_value(lr, _float_count(count), step_size, gamma),
+    return _closed_form(
+        lambda count, ops: sm.step_value(lr, _count(count, ops), step_size, gamma),
         "StepLR",
         {"step_size": step_size, "gamma": gamma},
         lr,
@@ -570,9 +661,9 @@ def multi_step_lr(lr, milestones: Sequence[int], gamma=0.1) -> Schedule:
       >>> tx = fo.sgd(lr=fo.multi_step_lr(0.1, milestones=[30, 80]))
     """
     points = sorted(milestones)
-    return Schedule(
-        lambda count: sm.multi_step_value(
-            lr, _float_count(count), points, gamma, sm.JAX
+    return _closed_form(
+        lambda count, ops: sm.multi_step_value(
+            lr, _count(count, ops), points, gamma, ops
         ),
         "MultiStepLR",
         {"milestones": points, "gamma": gamma},
@@ -596,8 +687,10 @@ def constant_lr(lr, factor=1.0 / 3, total_iters=5) -> Schedule:
       >>> tx = fo.adam(lr=fo.constant_lr(1e-3, factor=0.5, total_iters=100))
     """
     sm.check_constant_factor(factor)
-    return Schedule(
-        lambda count: sm.constant_value(lr, _float_count(count), factor, total_iters),
+    return _closed_form(
+        lambda count, ops: sm.constant_value(
+            lr, _count(count, ops), factor, total_iters, ops
+        ),
         "ConstantLR",
         {"factor": factor, "total_iters": total_iters},
         lr,
@@ -620,9 +713,9 @@ def linear_lr(lr, start_factor=1.0 / 3, end_factor=1.0, total_iters=5) -> Schedu
       >>> tx = fo.adamw(lr=fo.linear_lr(3e-4, start_factor=0.01, total_iters=1000))
     """
     sm.check_linear_factors(start_factor, end_factor)
-    return Schedule(
-        lambda count: sm.linear_value(
-            lr, _float_count(count), start_factor, end_factor, total_iters, sm.JAX
+    return _closed_form(
+        lambda count, ops: sm.linear_value(
+            lr, _count(count, ops), start_factor, end_factor, total_iters, ops
         ),
         "LinearLR",
         {
@@ -640,8 +733,8 @@ def exponential_lr(lr, gamma) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.exponential_lr(0.1, gamma=0.99))
     """
-    return Schedule(
-        lambda count: sm.exponential_value(lr, _float_count(count), gamma),
+    return _closed_form(
+        lambda count, ops: sm.exponential_value(lr, _count(count, ops), gamma),
         "ExponentialLR",
         {"gamma": gamma},
         lr,
@@ -662,9 +755,9 @@ def polynomial_lr(lr, total_iters=5, power=1.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.polynomial_lr(0.1, total_iters=1000, power=2.0))
     """
-    return Schedule(
-        lambda count: sm.polynomial_value(
-            lr, _float_count(count), total_iters, power, sm.JAX
+    return _closed_form(
+        lambda count, ops: sm.polynomial_value(
+            lr, _count(count, ops), total_iters, power, ops
         ),
         "PolynomialLR",
         {"total_iters": total_iters, "power": power},
@@ -685,8 +778,8 @@ def cosine_annealing_lr(lr, T_max, eta_min=0.0) -> Schedule:
     Example:
       >>> tx = fo.sgd(lr=fo.cosine_annealing_lr(0.1, T_max=100))
     """
-    return Schedule(
-        lambda count: sm.cosine_value(lr, eta_min, _float_count(count), T_max, sm.JAX),
+    return _closed_form(
+        lambda count, ops: sm.cosine_value(lr, eta_min, _count(count, ops), T_max, ops),
         "CosineAnnealingLR",
         {"T_max": T_max, "eta_min": eta_min},
         lr,
@@ -715,19 +808,23 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
         while starts[-1] + lengths[-1] < 2**31:
             starts.append(starts[-1] + lengths[-1])
             lengths.append(lengths[-1] * T_mult)
-    starts_array = jnp.asarray(starts, scalar_dtype())
-    lengths_array = jnp.asarray(lengths, scalar_dtype())
 
-    def schedule(count):
-        t = _float_count(count)
+    def schedule(count, ops):
+        t = _count(count, ops)
         if T_mult == 1:
-            t_cur, t_i = t % T_0, float(T_0)
+            t_cur, t_i = t % T_0, T_0 if ops is sm.PAIRS else float(T_0)
+        elif ops is sm.PAIRS:
+            # the starts are int32s; the last length may not be: pairs
+            cycle = ops.count_reached(starts[1:], t).count
+            t_cur = sm.PairCount(t.count - jnp.asarray(starts, jnp.int32)[cycle])
+            t_i = doubled.lookup(lengths, cycle)
         else:
-            cycle = sm.JAX.count_reached(starts[1:], t).astype(jnp.int32)
-            t_cur, t_i = t - starts_array[cycle], lengths_array[cycle]
-        return sm.cosine_value(lr, eta_min, t_cur, t_i, sm.JAX)
+            cycle = ops.count_reached(starts[1:], t).astype(jnp.int32)
+            t_cur = t - jnp.asarray(starts, scalar_dtype())[cycle]
+            t_i = jnp.asarray(lengths, scalar_dtype())[cycle]
+        return sm.cosine_value(lr, eta_min, t_cur, t_i, ops)
 
-    return Schedule(
+    return _closed_form(
         schedule,
         "CosineAnnealingWarmRestarts",
         {"T_0": T_0, "T_mult": T_mult, "eta_min": eta_min},
@@ -737,7 +834,7 @@ def cosine_annealing_warm_restarts(lr, T_0, T_mult=1, eta_min=0.0) -> Schedule:
 
 def _cyclic(
     low, high, value_fn, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
-) -> CountFunction:
+) -> OpsFunction:
     sm.check_cyclic_mode(mode, scale_fn)
     step_size_up = float(step_size_up)
     step_size_down = (
@@ -747,13 +844,25 @@ def _cyclic(
     step_ratio = step_size_up / total_size
     fn, scale_mode = sm.cyclic_scale_fn(mode, gamma, scale_fn, scale_mode)
 
-    def schedule(count):
-        t = _float_count(count)
-        cycle, scale_factor = sm.cyclic_position(t, total_size, step_ratio, sm.JAX)
-        scale = fn(cycle if scale_mode == "cycle" else t)
+    def schedule(count, ops):
+        t = _count(count, ops)
+        cycle, scale_factor = sm.cyclic_position(t, total_size, step_ratio, ops)
+        argument = cycle if scale_mode == "cycle" else t
+        if scale_fn is not None and ops is sm.PAIRS:
+            # a user's function takes (and gives) float32, as without the pairs
+            scale = doubled.of(jnp.asarray(fn(_float32(argument)), jnp.float32))
+        else:
+            scale = fn(argument)
         return value_fn(low, high, scale_factor, scale)
 
     return schedule
+
+
+def _float32(x) -> jax.Array:
+    """A pair (a count's too) as its float32."""
+    if isinstance(x, sm.PairCount):
+        return x.count.astype(jnp.float32)
+    return jnp.asarray(doubled.rounded(x), jnp.float32)
 
 
 def cyclic_lr(
@@ -775,7 +884,10 @@ def cyclic_lr(
     falls over ``step_size_down`` steps, and :math:`s` is the scaling policy of
     ``mode`` ('triangular': 1; 'triangular2': halved each cycle; 'exp_range':
     ``gamma**t``) or ``scale_fn`` (jnp-traceable) read on the cycle number or the
-    count, per ``scale_mode``.
+    count, per ``scale_mode``. With x64 off, the value is a pair (see
+    :meth:`Schedule.exact_value`) but for a ``scale_fn``, which takes and gives
+    float32; the cycle's fraction is exact for integral step sizes and those of
+    few significant bits (2.5), and within ``2**-48`` of ``t / N`` otherwise.
 
     Returns:
       A schedule ``count -> value``; :func:`cyclic_momentum` is its momentum.
@@ -792,7 +904,7 @@ def cyclic_lr(
         "scale_fn": scale_fn,
         "scale_mode": scale_mode,
     }
-    return Schedule(
+    return _closed_form(
         _cyclic(base_lr, max_lr, sm.cyclic_lr_value, **policy),
         "CyclicLR",
         # The momentum half of torch's scheduler is cyclic_momentum's (see
@@ -823,7 +935,7 @@ def cyclic_momentum(
     Example:
       >>> momentum = fo.cyclic_momentum(0.8, 0.9, step_size_up=10)
     """
-    return Schedule(
+    return _closed_form(
         _cyclic(
             base_momentum,
             max_momentum,
@@ -834,7 +946,10 @@ def cyclic_momentum(
             gamma,
             scale_fn,
             scale_mode,
-        )
+        ),
+        None,
+        {},
+        None,
     )
 
 
@@ -847,14 +962,14 @@ def _one_cycle(
     pct_start,
     anneal_strategy,
     three_phase,
-) -> CountFunction:
+) -> OpsFunction:
     total = sm.one_cycle_total_steps(total_steps, epochs, steps_per_epoch)
     phases = sm.one_cycle_phases(total, pct_start, three_phase, anneal_strategy)
 
-    def schedule(count):
+    def schedule(count, ops):
         # torch raises past total_steps; a traced count cannot, so it is held there.
-        t = jnp.minimum(_float_count(count), total)
-        return sm.one_cycle_value(t, phases, values, quantity, anneal_strategy, sm.JAX)
+        t = ops.minimum(_count(count, ops), total)
+        return sm.one_cycle_value(t, phases, values, quantity, anneal_strategy, ops)
 
     return schedule
 
@@ -902,7 +1017,7 @@ def one_cycle_lr(
         "anneal_strategy": anneal_strategy,
         "three_phase": three_phase,
     }
-    return Schedule(
+    return _closed_form(
         _one_cycle(values, "lr", **length, **shape),
         "OneCycleLR",
         # The momentum half is one_cycle_momentum's, as for cyclic_lr.
@@ -935,7 +1050,7 @@ def one_cycle_momentum(
       >>> momentum = fo.one_cycle_momentum(total_steps=1000)
     """
     values = {"base_momentum": base_momentum, "max_momentum": max_momentum}
-    return Schedule(
+    return _closed_form(
         _one_cycle(
             values,
             "momentum",
@@ -945,7 +1060,10 @@ def one_cycle_momentum(
             pct_start,
             anneal_strategy,
             three_phase,
-        )
+        ),
+        None,
+        {},
+        None,
     )
 
 
@@ -976,12 +1094,22 @@ def sequential_lr(
         branches.append((True, lambda: schedules[-1](t - starts[-1])))
         return sm.JAX.first(branches)
 
+    def pairs(count):
+        t = jnp.asarray(count)
+        branches = [
+            (t < end, lambda s=s, start=start: _pair_value(s, t - start))
+            for s, start, end in zip(schedules, starts, milestones)
+        ]
+        branches.append((True, lambda: _pair_value(schedules[-1], t - starts[-1])))
+        return sm.PAIRS.first(branches)
+
     return Schedule(
         schedule,
         "SequentialLR",
         {"milestones": list(milestones)},
         getattr(schedules[0], "lr", None),
         tuple(schedules),
+        pair_fn=pairs,
     )
 
 
@@ -1005,4 +1133,10 @@ def chained_lr(lr, factors: Sequence[CountFunction]) -> Schedule:
             value = value * factor(count)
         return value
 
-    return Schedule(schedule, "ChainedScheduler", {}, lr, tuple(factors))
+    def pairs(count):
+        value = lr
+        for factor in factors:
+            value = value * _pair_value(factor, count)
+        return value
+
+    return Schedule(schedule, "ChainedScheduler", {}, lr, tuple(factors), pair_fn=pairs)

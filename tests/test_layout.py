@@ -1,11 +1,11 @@
 """The package's layout: its import graph keeps the layers, and BUILD.md names it.
 
 Read from the sources (``ast``), without importing them: every ``import`` of a
-``functorch_optim`` module, at module level or inside a function, is an edge; one
-under ``if TYPE_CHECKING:`` is not (it names a type for the checker and never runs:
-``optim/state_dict.py`` annotates with the ``Optimizer`` that imports it). A module
-may import modules of its own layer or below (``LAYERS``, declared once, top-down);
-an import from a lower layer to a higher one, or a cycle between modules, fails.
+``functorch_optim`` module is an edge, at module level, inside a function or under
+``if TYPE_CHECKING:`` (an import for the type checker alone is still a dependency
+on that module: a cycle there is a cycle in the design). A module may import
+modules of its own layer or below (``LAYERS``, declared once, top-down); an import
+from a lower layer to a higher one, or a cycle between modules, fails.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ LAYERS = [
         "functorch_optim.interop",
         "functorch_optim.param_groups",
     ),
+    ("functorch_optim.torch_format",),
     ("functorch_optim.runner",),
     ("functorch_optim.kernels", "functorch_optim.doubled"),
     ("functorch_optim.rule",),
@@ -65,24 +66,12 @@ def module_name(path: pathlib.Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def runtime_nodes(tree: ast.AST):
-    """The nodes of ``tree`` outside ``if TYPE_CHECKING:`` blocks."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
-            for child in node.orelse:
-                yield child
-                yield from runtime_nodes(child)
-            continue
-        yield node
-        yield from runtime_nodes(node)
-
-
 def imports(name: str) -> set[str]:
     """The package's modules that module ``name`` imports."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -167,6 +156,12 @@ def test_no_import_runs_up_the_layers():
 
 def test_no_import_cycle():
     assert cycles() == []
+
+
+def test_imports_for_the_type_checker_are_edges():
+    # the package imports its lazy submodules under `if TYPE_CHECKING:` only
+    lazy = {"functorch_optim.checkpoint", "functorch_optim.swa_utils"}
+    assert lazy <= GRAPH["functorch_optim"]
 
 
 def layout_block() -> str:

@@ -19,8 +19,8 @@ import torch
 
 import functorch_optim as fo
 from functorch_optim import optim
+from functorch_optim.lbfgs import facade as lbfgs_optimizer
 from functorch_optim.lbfgs import iteration as lbfgs_iteration
-from functorch_optim.lbfgs import optimizer as lbfgs_optimizer
 from functorch_optim.optim import classes
 from functorch_optim.rule import Hyperparameter, StaticDefault
 
@@ -32,7 +32,7 @@ FACADE = sorted(
     and name != "Optimizer"
 )
 # The classes of functorch_optim/optim/classes.py; L-BFGS's is written out in
-# functorch_optim/lbfgs/optimizer.py, its functional's annotations are checked apart.
+# functorch_optim/lbfgs/facade.py, its functional's annotations are checked apart.
 WRITTEN_OUT = [name for name in FACADE if name != "LBFGS"]
 # Integer options that are counts, not float hyperparameters.
 COUNTS = {"ns_steps"}

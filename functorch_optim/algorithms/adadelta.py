@@ -32,7 +32,7 @@ def _init(param, o: Options) -> dict:
     return {"square_avg": jnp.zeros_like(param), "acc_delta": jnp.zeros_like(param)}
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: None):
     # The kernel helpers compute as torch's CPU kernels do, one rounding per op.
     rho, eps = o.rho, o.eps
     grad = -grad if o.maximize else grad
@@ -110,7 +110,6 @@ ADADELTA = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "square_avg", "acc_delta"),
     state_type=AdadeltaState,
     elementwise=True,
 )

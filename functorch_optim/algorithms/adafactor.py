@@ -72,16 +72,24 @@ def _python_max(first, second):
     return jnp.where(second > first, second, first)
 
 
+class AdafactorStepScalars(NamedTuple):
+    """The per-step scalars of Adafactor's rule, torch's ``one_minus_beta2_t``
+    (``step ** beta2_decay``) and ``rho_t`` (``min(lr, 1 / sqrt(step))``)."""
+
+    one_minus_beta2_t: Any
+    rho_t: Any
+
+
 def _scalars(step, scalar_state, o: Options):
     # Scalars in Python double, as torch computes them from .item() values.
     step_float = step.astype(scalar_dtype())
-    return {
-        "one_minus_beta2_t": step_float**o.beta2_decay,
-        "rho_t": jnp.minimum(rounded(o.lr), 1 / jnp.sqrt(step_float)),
-    }, {}
+    return AdafactorStepScalars(
+        one_minus_beta2_t=step_float**o.beta2_decay,
+        rho_t=jnp.minimum(rounded(o.lr), 1 / jnp.sqrt(step_float)),
+    ), {}
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: AdafactorStepScalars):
     if jnp.iscomplexobj(param):
         raise RuntimeError("Adafactor does not support complex parameters")
     if param.size == 0:
@@ -93,10 +101,10 @@ def _step(param, grad, state, o: Options):
     if eps1 is None:
         eps1 = float(jnp.finfo(dtype).eps)
     lr = o.lr
-    one_minus_beta2_t = o.one_minus_beta2_t
+    one_minus_beta2_t = s.one_minus_beta2_t
     # One NaN entry makes the norm NaN and alpha eps2 * rho_t: the other entries
     # still step, as in torch
-    alpha = _python_max(eps2, _norm(param) / param.size**0.5) * o.rho_t
+    alpha = _python_max(eps2, _norm(param) / param.size**0.5) * s.rho_t
 
     if nonzero(o.weight_decay):
         param = mul(param, 1 - lr * o.weight_decay)
@@ -204,7 +212,6 @@ ADAFACTOR = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "row_var", "col_var", "variance"),
     state_type=AdafactorState,
     scalars=_scalars,
     complex_as_real=False,  # torch rejects complex parameters

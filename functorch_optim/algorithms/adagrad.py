@@ -55,17 +55,25 @@ def _init(param, o: Options) -> dict:
     return {"sum": jnp.full_like(param, value)}
 
 
+class AdagradStepScalars(NamedTuple):
+    """The per-step scalar of Adagrad's rule: ``step_size`` (torch's ``clr``, the
+    decayed learning rate)."""
+
+    step_size: Any
+
+
 def _scalars(step, scalar_state, o: Options):
-    return rounded_values({"clr": o.lr / (1 + (exact(step) - 1) * o.lr_decay)}, {})
+    step_size = o.lr / (1 + (exact(step) - 1) * o.lr_decay)
+    return rounded_values(AdagradStepScalars(step_size), {})
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: AdagradStepScalars):
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
     state_sum = addcmul(state["sum"], grad, grad)
     std = add(jnp.sqrt(state_sum), o.eps)
-    new_param = addcdiv_step(param, grad, std, -o.clr)
+    new_param = addcdiv_step(param, grad, std, -s.step_size)
     return new_param, {"sum": state_sum}
 
 
@@ -136,7 +144,6 @@ ADAGRAD = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "sum"),
     state_type=AdagradState,
     scalars=_scalars,
     elementwise=True,

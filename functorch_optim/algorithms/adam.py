@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -10,15 +11,13 @@ from ..core import GradientTransformation
 from ..doubled import rounded_values
 from ..functional import make_transform
 from ..kernels import (
-    TORCH_SCALAR_DTYPE,
     adam_moments,
     add,
     addcdiv_step,
     apply_weight_decay,
+    bias_corrections,
     div,
     rdiv,
-    step_powers,
-    tensor_scalar,
 )
 from ..rule import (
     Algorithm,
@@ -69,33 +68,30 @@ def _init(param, o: Options) -> dict:
     }
 
 
+class AdamStepScalars(NamedTuple):
+    """The per-step scalars of Adam's rule: ``neg_step_size`` (``-lr /
+    bias_correction1``) and ``bias_correction2_sqrt``."""
+
+    neg_step_size: Any
+    bias_correction2_sqrt: Any
+
+
 def _scalars(step, scalar_state, o: Options):
-    beta1, beta2 = o.betas
+    bias_correction1, bias_correction2 = bias_corrections(
+        step, *o.betas, capturable=o.capturable
+    )
     if o.capturable:
         # torch's capturable path keeps the step a float32 tensor, so the bias
-        # corrections and the step size are float32 tensors; it folds the step
-        # size into the denominator
-        step = step.astype(TORCH_SCALAR_DTYPE)
-        bias_correction1 = 1 - tensor_scalar(beta1) ** step
-        bias_correction2 = 1 - tensor_scalar(beta2) ** step
-        neg_step_size = -rdiv(o.lr, bias_correction1)
-        return {
-            "denom_scale": jnp.sqrt(bias_correction2) * neg_step_size,
-            "denom_eps": rdiv(o.eps, neg_step_size),
-        }, {}
-    beta1_power, beta2_power = step_powers((beta1, step), (beta2, step))
-    bias_correction1 = 1 - beta1_power
-    bias_correction2 = 1 - beta2_power
+        # corrections and the step size are float32 tensors
+        return AdamStepScalars(
+            -rdiv(o.lr, bias_correction1), jnp.sqrt(bias_correction2)
+        ), {}
     return rounded_values(
-        {
-            "neg_step_size": -(o.lr / bias_correction1),
-            "bias_correction2_sqrt": bias_correction2**0.5,
-        },
-        {},
+        AdamStepScalars(-(o.lr / bias_correction1), bias_correction2**0.5), {}
     )
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: AdamStepScalars):
     beta1, beta2 = o.betas
     grad = -grad if o.maximize else grad
     param, grad = apply_weight_decay(param, grad, o)
@@ -108,11 +104,14 @@ def _step(param, grad, state, o: Options):
     else:
         second_moment = exp_avg_sq
     if o.capturable:
-        denom = add(div(jnp.sqrt(second_moment), o.denom_scale), o.denom_eps)
+        # torch's capturable path folds the step size into the denominator
+        denom_scale = s.bias_correction2_sqrt * s.neg_step_size
+        denom_eps = rdiv(o.eps, s.neg_step_size)
+        denom = add(div(jnp.sqrt(second_moment), denom_scale), denom_eps)
         new_param = addcdiv_step(param, exp_avg, denom)
     else:
-        denom = add(div(jnp.sqrt(second_moment), o.bias_correction2_sqrt), o.eps)
-        new_param = addcdiv_step(param, exp_avg, denom, o.neg_step_size)
+        denom = add(div(jnp.sqrt(second_moment), s.bias_correction2_sqrt), o.eps)
+        new_param = addcdiv_step(param, exp_avg, denom, s.neg_step_size)
     return new_param, {
         "exp_avg": exp_avg,
         "exp_avg_sq": exp_avg_sq,
@@ -234,31 +233,19 @@ def _sparse_grad_message(o: Options) -> str:
     return "Adam does not support sparse gradients, please consider SparseAdam instead"
 
 
-_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
 ADAM = Algorithm(
     name="Adam",
     functional=adam,
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=_ADAM_STATE,
     state_type=AdamState,
     scalars=_scalars,
     sparse_grad_message=_sparse_grad_message,
     elementwise=True,
 )
 
-ADAMW = Algorithm(
-    name="AdamW",
-    functional=adamw,
-    init=_init,
-    step=_step,
-    validate=_validate,
-    state_names=_ADAM_STATE,
-    state_type=AdamState,
-    scalars=_scalars,
-    sparse_grad_message=_sparse_grad_message,
-    elementwise=True,
-    fixed={"decoupled_weight_decay": True},
+# torch's AdamW is Adam with another default and decoupled weight decay fixed
+ADAMW = dataclasses.replace(
+    ADAM, name="AdamW", functional=adamw, fixed={"decoupled_weight_decay": True}
 )

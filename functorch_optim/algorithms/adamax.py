@@ -10,12 +10,11 @@ from ..core import GradientTransformation
 from ..doubled import rounded_values
 from ..functional import make_transform
 from ..kernels import (
-    TORCH_SCALAR_DTYPE,
     add,
     addcdiv_step,
+    bias_corrections,
     lerp_kernel,
     mul,
-    step_power,
     tensor_scalar,
 )
 from ..rule import (
@@ -32,17 +31,24 @@ def _init(param, o: Options) -> dict:
     return {"exp_avg": jnp.zeros_like(param), "exp_inf": jnp.zeros_like(param)}
 
 
+class AdamaxStepScalars(NamedTuple):
+    """The per-step scalars of Adamax's rule: ``step_size`` (torch's ``clr``, ``lr
+    / bias_correction1``); on torch's capturable path, which folds the step size
+    into the denominator, ``neg_bias_correction1`` instead."""
+
+    step_size: Any = None
+    neg_bias_correction1: Any = None
+
+
 def _scalars(step, scalar_state, o: Options):
+    (bias_correction1,) = bias_corrections(step, o.betas[0], capturable=o.capturable)
     if o.capturable:
-        # torch's capturable path: a float32 step tensor, the negated bias
-        # correction divided by lr folded into the denominator
-        step = step.astype(TORCH_SCALAR_DTYPE)
-        neg_bias_correction = tensor_scalar(o.betas[0]) ** step - 1
-        return {"neg_bias_correction": neg_bias_correction / tensor_scalar(o.lr)}, {}
-    return rounded_values({"clr": o.lr / (1 - step_power(o.betas[0], step))}, {})
+        # torch's capturable path: a float32 step tensor
+        return AdamaxStepScalars(neg_bias_correction1=-bias_correction1), {}
+    return rounded_values(AdamaxStepScalars(step_size=o.lr / bias_correction1), {})
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: AdamaxStepScalars):
     beta1, beta2 = o.betas
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
@@ -50,9 +56,11 @@ def _step(param, grad, state, o: Options):
     exp_avg = lerp_kernel(state["exp_avg"], grad, 1 - beta1)
     exp_inf = jnp.maximum(mul(state["exp_inf"], beta2), add(jnp.abs(grad), o.eps))
     if o.capturable:
-        new_param = addcdiv_step(param, exp_avg, mul(exp_inf, o.neg_bias_correction))
+        # the denominator times the negated bias correction over lr
+        denom = mul(exp_inf, s.neg_bias_correction1 / tensor_scalar(o.lr))
+        new_param = addcdiv_step(param, exp_avg, denom)
     else:
-        new_param = addcdiv_step(param, exp_avg, exp_inf, -o.clr)
+        new_param = addcdiv_step(param, exp_avg, exp_inf, -s.step_size)
     return new_param, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
@@ -120,7 +128,6 @@ ADAMAX = Algorithm(
     init=_init,
     step=_step,
     validate=validate_adam_like,
-    state_names=("step", "exp_avg", "exp_inf"),
     state_type=AdamaxState,
     scalars=_scalars,
     elementwise=True,

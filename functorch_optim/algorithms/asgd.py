@@ -15,6 +15,7 @@ from ..rule import (
     Array,
     Hyperparameter,
     Options,
+    ScalarEntry,
     check_foreach_differentiable,
     nonzero,
     require_nonnegative,
@@ -39,6 +40,16 @@ def _init_scalars(o: Options) -> dict:
     }
 
 
+class ASGDStepScalars(NamedTuple):
+    """The per-step scalars of ASGD's rule: ``eta`` and ``mu`` as torch reads them
+    this step (its state's, before the step updates them) and ``decay`` (``1 -
+    lambd * eta``, the parameter's factor)."""
+
+    eta: Any
+    decay: Any
+    mu: Any
+
+
 def _scalars(step, scalar_state, o: Options):
     lr, lambd = o.lr, o.lambd
     if o.capturable:
@@ -46,8 +57,8 @@ def _scalars(step, scalar_state, o: Options):
         # and reads them as float32 tensors, not as .item() doubles
         step = step.astype(TORCH_SCALAR_DTYPE)
         one = jnp.ones((), TORCH_SCALAR_DTYPE)
-        eta = scalar_state["eta"]
-        return {**scalar_state, "decay": 1 - lambd * eta}, {
+        eta, mu = scalar_state["eta"], scalar_state["mu"]
+        return ASGDStepScalars(eta, 1 - lambd * eta, mu), {
             "eta": rdiv(lr, (1 + lambd * lr * step) ** o.alpha),
             "mu": rdiv(1, jnp.maximum(step - o.t0, one)),
         }
@@ -57,7 +68,7 @@ def _scalars(step, scalar_state, o: Options):
     # torch reads eta with .item(): the float32 value, then Python arithmetic.
     eta = exact(scalar_state["eta"].astype(scalar_dtype()))
     return rounded_values(
-        {"eta": eta, "decay": 1 - lambd * eta, "mu": scalar_state["mu"]},
+        ASGDStepScalars(eta, 1 - lambd * eta, scalar_state["mu"]),
         {
             "eta": jnp.asarray(rounded(new_eta), TORCH_SCALAR_DTYPE),
             "mu": jnp.asarray(rounded(new_mu), TORCH_SCALAR_DTYPE),
@@ -65,19 +76,19 @@ def _scalars(step, scalar_state, o: Options):
     )
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: ASGDStepScalars):
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = add(grad, param, o.weight_decay)
-    param = mul(param, o.decay)
+    param = mul(param, s.decay)
     ax = state["ax"]
     if o.capturable:  # torch multiplies by the eta tensor and always averages
-        param = addcmul(param, grad, o.eta, -1)
-        return param, {"ax": add(ax, mul(param - ax, o.mu))}
-    param = add(param, grad, -o.eta)
+        param = addcmul(param, grad, s.eta, -1)
+        return param, {"ax": add(ax, mul(param - ax, s.mu))}
+    param = add(param, grad, -s.eta)
     # torch copies the parameter while mu is exactly 1 (before t0) and averages
     # after; the copy is not the same bits as ax + (param - ax) * 1.
-    ax = jnp.where(o.mu != 1, add(ax, mul(param - ax, o.mu)), param)
+    ax = jnp.where(s.mu != 1, add(ax, mul(param - ax, s.mu)), param)
     return param, {"ax": ax}
 
 
@@ -87,8 +98,8 @@ class ASGDState(NamedTuple):
     average ``ax``, a tree shaped like the params."""
 
     count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
-    eta: Array
-    mu: Array
+    eta: ScalarEntry
+    mu: ScalarEntry
     ax: Any
 
 
@@ -153,11 +164,9 @@ ASGD = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "eta", "mu", "ax"),
     state_type=ASGDState,
     scalars=_scalars,
     init_scalars=_init_scalars,
-    scalar_names=("eta", "mu"),
     elementwise=True,
     reads_params=lambda options: True,  # the decay term and ax read the parameters
 )

@@ -116,7 +116,7 @@ def adjusted_lr(lr, adjust_lr_fn, param_shape):
     return lr * ratio
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: None):
     if jnp.iscomplexobj(param):
         raise RuntimeError("Muon does not support complex parameters")
     momentum = o.momentum
@@ -206,7 +206,7 @@ MUON = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("momentum_buffer",),  # torch's Muon keeps no step
     state_type=MuonState,
+    keeps_step=False,  # torch's Muon keeps no step
     complex_as_real=False,  # torch rejects complex parameters
 )

@@ -15,12 +15,18 @@ from ..kernels import (
     add,
     addcdiv,
     apply_weight_decay,
+    bias_corrections,
     div,
     mul,
-    step_power,
-    step_powers,
 )
-from ..rule import Algorithm, Array, Hyperparameter, Options, validate_adam_like
+from ..rule import (
+    Algorithm,
+    Array,
+    Hyperparameter,
+    Options,
+    ScalarEntry,
+    validate_adam_like,
+)
 
 
 def _validate(o: Options) -> None:
@@ -46,22 +52,34 @@ def _number(x, lr):
     return jnp.asarray(rounded(x), lr.dtype) if hasattr(lr, "dtype") else x
 
 
+class NAdamStepScalars(NamedTuple):
+    """The per-step scalars of NAdam's rule: ``bias_correction2`` and the negated
+    step sizes of its two directions, ``neg_grad_step_size`` (``-lr (1 - mu_t) /
+    (1 - mu_product)``) and ``neg_exp_avg_step_size`` (``-lr mu_{t+1} / (1 -
+    mu_product mu_{t+1})``)."""
+
+    bias_correction2: Any
+    neg_grad_step_size: Any
+    neg_exp_avg_step_size: Any
+
+
 def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
     lr = o.lr
     if o.capturable:
         # torch's capturable path: a float32 step tensor, and mu_product kept and
         # read as a float32 tensor, so every coefficient is a float32 tensor
+        (bias_correction2,) = bias_corrections(step, beta2, capturable=True)
         step = step.astype(TORCH_SCALAR_DTYPE)
         mu = _momentum_cache(beta1, step, o.momentum_decay)
         mu_next = _momentum_cache(beta1, step + 1, o.momentum_decay)
         mu_product = scalar_state["mu_product"] * mu
         mu_product_next = mu_product * mu_next
-        return {
-            "bias_correction2": 1 - step_power(beta2, step),
-            "grad_coefficient": -lr * (1.0 - mu) / (1.0 - mu_product),
-            "exp_avg_coefficient": -lr * mu_next / (1.0 - mu_product_next),
-        }, {"mu_product": mu_product}
+        return NAdamStepScalars(
+            bias_correction2,
+            neg_grad_step_size=-lr * (1.0 - mu) / (1.0 - mu_product),
+            neg_exp_avg_step_size=-lr * mu_next / (1.0 - mu_product_next),
+        ), {"mu_product": mu_product}
     count = exact(step)  # a Python int in torch
     psi = o.momentum_decay
     if scalar_dtype() == jnp.float32 and isinstance(psi, (int, float)):
@@ -69,11 +87,11 @@ def _scalars(step, scalar_state, o: Options):
         # (exp and log of pairs would cost ten times more), and the next step's
         # is one product more
         decay = constant_power(0.96, psi)
-        beta2_power, decay_power = step_powers((beta2, step), (decay, step))
+        bias_correction2, decay_power = bias_corrections(step, beta2, powers=(decay,))
         mu = beta1 * (1.0 - 0.5 * decay_power)
         mu_next = beta1 * (1.0 - 0.5 * (decay_power * decay))
     else:
-        beta2_power = step_power(beta2, step)
+        (bias_correction2,) = bias_corrections(step, beta2)
         mu = _momentum_cache(beta1, count, psi)
         mu_next = _momentum_cache(beta1, count + 1, psi)
     # torch multiplies its float32 mu_product tensor in place (in float32, mu
@@ -86,29 +104,29 @@ def _scalars(step, scalar_state, o: Options):
     mu_product_value = exact(mu_product.astype(scalar_dtype()))
     mu_product_next = mu_product_value * mu_next
     return rounded_values(
-        {
-            "bias_correction2": 1 - beta2_power,
-            "grad_coefficient": -lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
-            "exp_avg_coefficient": (-lr * mu_next) / _number(1.0 - mu_product_next, lr),
-        },
+        NAdamStepScalars(
+            bias_correction2,
+            neg_grad_step_size=-lr * (1.0 - mu) / _number(1.0 - mu_product_value, lr),
+            neg_exp_avg_step_size=(-lr * mu_next) / _number(1.0 - mu_product_next, lr),
+        ),
         {"mu_product": mu_product},
     )
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: NAdamStepScalars):
     beta1, beta2 = o.betas
     grad = -grad if o.maximize else grad
     param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
-    denom = add(jnp.sqrt(div(exp_avg_sq, o.bias_correction2)), o.eps)
+    denom = add(jnp.sqrt(div(exp_avg_sq, s.bias_correction2)), o.eps)
     if o.capturable:  # torch scales the tensors, then divides
-        param = addcdiv(param, mul(grad, o.grad_coefficient), denom)
-        return addcdiv(param, mul(exp_avg, o.exp_avg_coefficient), denom), {
+        param = addcdiv(param, mul(grad, s.neg_grad_step_size), denom)
+        return addcdiv(param, mul(exp_avg, s.neg_exp_avg_step_size), denom), {
             "exp_avg": exp_avg,
             "exp_avg_sq": exp_avg_sq,
         }
-    param = addcdiv(param, grad, denom, o.grad_coefficient)
-    param = addcdiv(param, exp_avg, denom, o.exp_avg_coefficient)
+    param = addcdiv(param, grad, denom, s.neg_grad_step_size)
+    param = addcdiv(param, exp_avg, denom, s.neg_exp_avg_step_size)
     return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
@@ -118,7 +136,7 @@ class NAdamState(NamedTuple):
     moments, trees shaped like the params."""
 
     count: Array  # type: ignore[assignment]  # optax names it so; shadows tuple.count
-    mu_product: Array
+    mu_product: ScalarEntry
     exp_avg: Any
     exp_avg_sq: Any
 
@@ -187,10 +205,8 @@ NADAM = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "mu_product", "exp_avg", "exp_avg_sq"),
     state_type=NAdamState,
     scalars=_scalars,
     init_scalars=_init_scalars,
-    scalar_names=("mu_product",),
     elementwise=True,
 )

@@ -14,10 +14,10 @@ from ..kernels import (
     adam_moments,
     add,
     apply_weight_decay,
+    bias_corrections,
     div,
     mul,
     opmath_dtype,
-    step_powers,
 )
 from ..rule import Algorithm, Array, Hyperparameter, Options, validate_adam_like
 
@@ -26,15 +26,28 @@ def _init(param, o: Options) -> dict:
     return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
 
 
+class RAdamStepScalars(NamedTuple):
+    """The per-step scalars of RAdam's rule: ``bias_correction1``,
+    ``bias_correction2_sqrt``, whether to rectify (``rectify``: the length of the
+    approximated moving average over 5) and torch's rectification term
+    ``rect``."""
+
+    bias_correction1: Any
+    bias_correction2_sqrt: Any
+    rectify: Any
+    rect: Any
+
+
 def _scalars(step, scalar_state, o: Options):
     beta1, beta2 = o.betas
+    bias_correction1, bias_correction2, beta2_power = bias_corrections(
+        step, beta1, beta2, capturable=o.capturable, powers=(beta2,)
+    )
     if o.capturable:
         # torch's capturable path: the same formulas on a float32 step tensor
-        step = count = step.astype(TORCH_SCALAR_DTYPE)
+        count = step.astype(TORCH_SCALAR_DTYPE)
     else:
         count = exact(step)  # a Python int in torch
-    beta1_power, beta2_power = step_powers((beta1, step), (beta2, step))
-    bias_correction2 = 1 - beta2_power
 
     # Length of the approximated simple moving average: its limit and its value now.
     rho_inf = 2 / (1 - beta2) - 1
@@ -58,22 +71,16 @@ def _scalars(step, scalar_state, o: Options):
         1.0,
     )
     return rounded_values(
-        {
-            "bias_correction1": 1 - beta1_power,
-            "bias_correction2_sqrt": bias_correction2**0.5,
-            "rectify": rectify,
-            "rect": rect,
-        },
-        {},
+        RAdamStepScalars(bias_correction1, bias_correction2**0.5, rectify, rect), {}
     )
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: RAdamStepScalars):
     beta1, beta2 = o.betas
     grad = -grad if o.maximize else grad
     param, grad = apply_weight_decay(param, grad, o)
     exp_avg, exp_avg_sq = adam_moments(state, grad, beta1, beta2)
-    bias_corrected_exp_avg = div(exp_avg, o.bias_correction1)
+    bias_corrected_exp_avg = div(exp_avg, s.bias_correction1)
     exp_avg_sq_sqrt = add(jnp.sqrt(exp_avg_sq), o.eps)
     # Both paths return the new param, not an Increment: with the increment as the
     # update, XLA CPU compiled ``param + delta`` so that a float64 leaf of 8
@@ -83,19 +90,19 @@ def _step(param, grad, state, o: Options):
         # applied to the unrectified step
         opmath = opmath_dtype(exp_avg_sq_sqrt.dtype)
         adaptive_lr = (
-            jnp.asarray(o.bias_correction2_sqrt, opmath)
+            jnp.asarray(s.bias_correction2_sqrt, opmath)
             / exp_avg_sq_sqrt.astype(opmath)
         ).astype(exp_avg_sq_sqrt.dtype)
         update = jnp.where(
-            o.rectify, mul(adaptive_lr, o.rect), jnp.ones((), adaptive_lr.dtype)
+            s.rectify, mul(adaptive_lr, s.rect), jnp.ones((), adaptive_lr.dtype)
         )
         new_param = add(param, mul(bias_corrected_exp_avg, o.lr) * update, -1.0)
         return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     # torch's ``float / tensor`` is ``tensor.reciprocal() * float``.
-    adaptive_lr = mul(1 / exp_avg_sq_sqrt, o.bias_correction2_sqrt)
+    adaptive_lr = mul(1 / exp_avg_sq_sqrt, s.bias_correction2_sqrt)
     unrectified = mul(bias_corrected_exp_avg, o.lr)
-    rectified = mul(unrectified * adaptive_lr, o.rect)
-    new_param = add(param, jnp.where(o.rectify, rectified, unrectified), -1.0)
+    rectified = mul(unrectified * adaptive_lr, s.rect)
+    new_param = add(param, jnp.where(s.rectify, rectified, unrectified), -1.0)
     return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
@@ -173,7 +180,6 @@ RADAM = Algorithm(
     init=_init,
     step=_step,
     validate=validate_adam_like,
-    state_names=("step", "exp_avg", "exp_avg_sq"),
     state_type=RAdamState,
     scalars=_scalars,
     elementwise=True,

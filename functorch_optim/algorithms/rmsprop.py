@@ -33,7 +33,7 @@ def _init(param, o: Options) -> dict:
     }
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: None):
     # The kernel helpers compute as torch's CPU kernels do (scalars and sums in
     # float32 for bfloat16 tensors, one rounding per torch op).
     alpha = o.alpha
@@ -135,7 +135,6 @@ RMSPROP = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "square_avg", "momentum_buffer", "grad_avg"),
     state_type=RMSpropState,
     elementwise=True,
 )

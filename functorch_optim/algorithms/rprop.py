@@ -44,7 +44,7 @@ def _torch_sign(x):
     return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: None):
     etaminus, etaplus = map(rounded, o.etas)
     step_size_min, step_size_max = map(rounded, o.step_sizes)
     dtype = param.dtype
@@ -134,7 +134,6 @@ RPROP = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "prev", "step_size"),
     state_type=RpropState,
     elementwise=True,
     # The step needs grad * prev, not the parameter values.

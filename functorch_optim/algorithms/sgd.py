@@ -49,20 +49,27 @@ def _init(param, o: Options) -> dict:
     return {"momentum_buffer": jnp.full_like(param, -0.0)}
 
 
+class SGDStepScalars(NamedTuple):
+    """The per-step scalar of SGD's rule: ``grad_factor``, the gradient's weight
+    in the momentum buffer (None without dampening)."""
+
+    grad_factor: Any = None
+
+
 def _scalars(step, scalar_state, o: Options):
     if not nonzero(o.dampening):
-        return {}, {}
+        return SGDStepScalars(), {}
     # torch's first step is undampened: (1 - tau) g from the second step on
-    return {"grad_factor": jnp.where(step == 1, 1.0, rounded(1 - o.dampening))}, {}
+    return SGDStepScalars(jnp.where(step == 1, 1.0, rounded(1 - o.dampening))), {}
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: SGDStepScalars):
     grad = -grad if o.maximize else grad
     if nonzero(o.weight_decay):
         grad = grad + o.weight_decay * param
     buf = state["momentum_buffer"]
     if nonzero(o.momentum):
-        new_grad = o.grad_factor * grad if nonzero(o.dampening) else grad
+        new_grad = s.grad_factor * grad if nonzero(o.dampening) else grad
         buf = buf * o.momentum + new_grad
         grad = grad + o.momentum * buf if o.nesterov else buf
     # param - lr g, as the increment (-lr) g: the same rounding, and the
@@ -130,8 +137,8 @@ SGD = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("momentum_buffer",),
     state_type=SGDState,
+    keeps_step=False,  # torch's SGD keeps no step
     scalars=_scalars,
     elementwise=True,
     complex_as_real=False,  # every operation of the rule is linear

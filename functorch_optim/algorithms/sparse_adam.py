@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from ..checks import holds_state
-from ..core import GradientTransformation, is_bcoo, scalar_dtype
+from ..core import GradientTransformation, is_bcoo
+from ..doubled import Doubled, rounded_values
+from ..doubled import sqrt as doubled_sqrt
 from ..functional import make_transform
-from ..kernels import add, mul
+from ..kernels import add, bias_corrections, mul
 from ..rule import Algorithm, Array, Hyperparameter, Options, require
 
 if TYPE_CHECKING:
@@ -90,11 +92,18 @@ def _coalesce(grad: sparse.BCOO, n_rows: int):
     return unique, values
 
 
+class SparseAdamStepScalars(NamedTuple):
+    """The per-step scalar of SparseAdam's rule: torch's ``step_size``, ``lr
+    sqrt(bias_correction2) / bias_correction1``."""
+
+    step_size: Any
+
+
 def _init(param, o: Options) -> dict:
     return {"exp_avg": jnp.zeros_like(param), "exp_avg_sq": jnp.zeros_like(param)}
 
 
-def _step(param, grad, state, o: Options):
+def _step(param, grad, state, o: Options, s: SparseAdamStepScalars):
     if not is_bcoo(grad):
         raise RuntimeError(
             "SparseAdam does not support dense gradients, please consider Adam instead"
@@ -143,16 +152,21 @@ def _step(param, grad, state, o: Options):
 
     numer = exp_avg_update + old_exp_avg
     denom = add(jnp.sqrt(exp_avg_sq_update + old_exp_avg_sq), o.eps)
-    new_param = scatter_add(param, mul(numer / denom, -o.step_size))
+    new_param = scatter_add(param, mul(numer / denom, -s.step_size))
     return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
 def _scalars(step, scalar_state, o: Options):
-    beta1, beta2 = o.betas
-    step_float = step.astype(scalar_dtype())  # torch's step is a Python int
-    bias_correction1 = 1 - beta1**step_float
-    bias_correction2 = 1 - beta2**step_float
-    return {"step_size": o.lr * jnp.sqrt(bias_correction2) / bias_correction1}, {}
+    # torch's step is a Python int, the others' a float32 tensor read with .item():
+    # the same double below 2**24 steps, so the same bias corrections
+    bias_correction1, bias_correction2 = bias_corrections(step, *o.betas)
+    root: Any = (  # torch's math.sqrt
+        doubled_sqrt(bias_correction2)
+        if isinstance(bias_correction2, Doubled)
+        else jnp.sqrt(bias_correction2)
+    )
+    step_size = o.lr * root / bias_correction1
+    return rounded_values(SparseAdamStepScalars(step_size), {})
 
 
 class SparseAdamState(NamedTuple):
@@ -235,7 +249,6 @@ SPARSE_ADAM = Algorithm(
     init=_init,
     step=_step,
     validate=_validate,
-    state_names=("step", "exp_avg", "exp_avg_sq"),
     state_type=SparseAdamState,
     scalars=_scalars,
     complex_as_real=False,  # torch rejects complex parameters

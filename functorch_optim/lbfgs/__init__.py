@@ -13,14 +13,15 @@ Modules, each importing only those above it:
   memory and one torch ``step()``;
 - :mod:`.torch_layout`: the state as torch keeps it, and back;
 - :mod:`.transform`: the options and the pure transformation :func:`lbfgs`;
-- :mod:`.compiled_step`: the facade's compiled step, shared across optimizers
+- :mod:`.facade_step`: the facade's compiled step, shared across optimizers
   (:func:`compile_count` counts its compiles, for tests and debugging);
-- :mod:`.optimizer`: the facade class :class:`LBFGS`.
+- :mod:`.facade`: the facade class :class:`LBFGS`, on the facade's
+  :class:`~functorch_optim.optim.Optimizer`.
 """
 
-from .compiled_step import compile_count
+from .facade import LBFGS
+from .facade_step import compile_count
 from .iteration import flatten, init_state, step_flat
-from .optimizer import LBFGS
 from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout
 from .transform import lbfgs, lbfgs_options, traced_values
 

@@ -36,9 +36,9 @@ from .group import Group
 
 
 def cache_size() -> int:
-    """How many compiled programs the facade's fused step keeps."""
+    """How many compiled programs the facade's jitted step keeps."""
     # jit's cache size, which the stubs of its wrapper do not declare
-    return _fused_step._cache_size()  # type: ignore[attr-defined]
+    return _jitted_step._cache_size()  # type: ignore[attr-defined]
 
 
 class _Traced:
@@ -143,7 +143,7 @@ def _step_groups(spec, params, grads, states, packs, pack_inputs, traced):
 # params and states (4), which only the optimizer holds (``state`` and
 # ``state_dict`` hand out copies). Never the grads (2): a user may hold them
 # (``opt.grads``, the arrays passed to ``step``), and they must stay valid.
-_fused_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
+_jitted_step = jax.jit(_step_groups, static_argnums=0, donate_argnums=(1, 3, 4))
 
 
 def _operands(
@@ -215,7 +215,7 @@ def step(
     spec, args, where = _operands(algorithm, groups, names, static_zero)
     if not spec:
         return
-    new_params, new_states, new_packs = _fused_step(spec, *args)
+    new_params, new_states, new_packs = _jitted_step(spec, *args)
     for (group, alone), *results in zip(
         where, new_params, new_states, new_packs, strict=True
     ):
@@ -234,4 +234,4 @@ def lowered(
     spec, args, _ = _operands(algorithm, groups, names, static_zero, donate=False)
     if not spec:
         raise ValueError("no parameter has a gradient: a step would run nothing")
-    return _fused_step.lower(spec, *args)
+    return _jitted_step.lower(spec, *args)

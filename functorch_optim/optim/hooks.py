@@ -1,13 +1,14 @@
 """The optimizers' hooks, as torch's: step, state-dict and load-state-dict hooks per
-optimizer (:class:`Hooks`), and the global step hooks every optimizer runs."""
+optimizer (:class:`Hooks`, which also runs the state-dict ones around what the
+optimizer builds and loads), and the global step hooks every optimizer runs."""
 
 from __future__ import annotations
 
 import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 
 class RemovableHandle:
@@ -149,3 +150,33 @@ class Hooks:
     ) -> RemovableHandle:
         """``hook(optimizer) -> None`` after :meth:`load_state_dict`."""
         return _register(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
+    # -- running the state-dict hooks, for the optimizer -------------------------
+
+    def _state_dict_hooked(self, build: Callable[[], dict]) -> dict:
+        """``build()`` (the state dict) between the state-dict hooks, as torch
+        runs them: the pre hooks, then each post hook, whose result (if not
+        None) replaces the dict."""
+        for pre_hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
+            pre_hook(self)
+        result = build()
+        for post_hook in tuple(self._optimizer_state_dict_post_hooks.values()):
+            returned = post_hook(self, result)
+            if returned is not None:
+                result = returned
+        return result
+
+    def _load_state_dict_hooked(
+        self, state_dict: Mapping[str, Any], load: Callable[[Any], None]
+    ) -> None:
+        """``load(state_dict)`` between the load hooks, as torch runs them: the
+        pre hooks get a shallow copy of ``state_dict`` and each may return a
+        new one; the post hooks run after a load that succeeded."""
+        state_dict = dict(state_dict)
+        for pre_hook in tuple(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        load(state_dict)
+        for post_hook in tuple(self._optimizer_load_state_dict_post_hooks.values()):
+            post_hook(self)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import interop
 from ..checks import is_optimizable
 from ..core import is_bcoo
-from ..interop import is_torch_tensor
+from ..torch_format import is_array, is_torch_tensor, typename
 
 
 def matches(grad: Any, param: jax.Array) -> bool:
@@ -23,17 +23,6 @@ def matches(grad: Any, param: jax.Array) -> bool:
         and grad.shape == param.shape
         and grad.dtype == param.dtype
     )
-
-
-def typename(x: Any) -> str:
-    cls = type(x)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray)) or is_torch_tensor(x)
 
 
 def check_not_traced(x: Any, where: str) -> None:

@@ -9,9 +9,10 @@ in ONE jitted XLA computation for all groups (:mod:`.compiled_step`), with the s
 donated so XLA updates it in place. For elementwise algorithms the state of small
 leaves is kept packed in flat buffers between steps (:mod:`functorch_optim.packing`),
 with a flat copy of their params, so thousands of leaves cost a few kernels and one
-slice each; ``state``, ``state_dict`` and ``load_state_dict`` (:mod:`.state_dict`)
-see it per leaf, as torch keeps it. Each param group's params, structure, states and
-grads are one :class:`~.group.Group`.
+slice each; ``state``, ``state_dict`` and ``load_state_dict`` (:mod:`.state_dict`,
+in torch's format: :mod:`functorch_optim.torch_format`) see it per leaf, as torch
+keeps it. Each param group's params, structure, states and grads are one
+:class:`~.group.Group`.
 
 Differences from torch that JAX imposes:
   * arrays are immutable, so the updated parameters are read from ``opt.params`` (or
@@ -67,6 +68,7 @@ from ..grouping import CarvedGroups
 from ..nonfinite import all_finite
 from ..rule import Algorithm, Options, check_scalar_lr
 from ..runner import init_leaf
+from ..torch_format import check_is_dict
 from . import compiled_step
 from . import state_dict as state_dict_format
 from .compiles import counted, counting
@@ -688,7 +690,7 @@ class Optimizer(Hooks):
         A snapshot: its arrays are copies, which later steps leave valid (the next
         step donates the optimizer's own buffers) and do not update.
         """
-        return state_dict_format.state(self)
+        return state_dict_format.state(self._groups, self.to_torch_state)
 
     @_serialized
     def state_dict(self) -> dict[str, Any]:
@@ -698,7 +700,9 @@ class Optimizer(Hooks):
         'param_names': [...] (when named), 'params': [indices]}]}``. The arrays are
         copies: later steps donate the optimizer's own buffers.
         """
-        return state_dict_format.state_dict(self)
+        return self._state_dict_hooked(
+            lambda: state_dict_format.state_dict(self._groups, self.to_torch_state)
+        )
 
     @_serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -711,7 +715,19 @@ class Optimizer(Hooks):
         the parameter's dtype, ``step`` to a count). Everything is checked before
         anything changes: on an error the optimizer is left exactly as it was.
         """
-        state_dict_format.load_state_dict(self, state_dict)
+        check_is_dict(state_dict)
+        self._load_state_dict_hooked(
+            state_dict,
+            lambda loaded: state_dict_format.load_state_dict(
+                self._groups,
+                loaded,
+                algorithm=self.algorithm,
+                defaults=self.defaults,
+                validate=self._validate_options,
+                from_torch=self.from_torch_state,
+                kind=type(self).__name__,
+            ),
+        )
 
     @_serialized
     def debug_layout(self) -> list[list[tuple[int, ...]]]:

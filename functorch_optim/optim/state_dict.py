@@ -1,33 +1,36 @@
-"""torch's state-dict format for the facade: ``state``, ``state_dict()`` and
-``load_state_dict`` (torch's checks and messages, name matching, torch's casts).
+"""The facade's side of torch's state-dict format (:mod:`functorch_optim.torch_format`
+holds the format itself): ``state``, ``state_dict()`` and ``load_state_dict`` over
+the optimizer's groups, and one leaf's state both ways.
 
-The optimizer keeps its state per leaf (or packed); these functions read and write
-it through the optimizer's :meth:`~functorch_optim.optim.Optimizer.to_torch_state`
-and :meth:`~functorch_optim.optim.Optimizer.from_torch_state`, whose defaults
+The optimizer passes what these read of it as arguments: its groups
+(:class:`~.group.Group`), its options and validation, and its extension points
+:meth:`~functorch_optim.optim.Optimizer.to_torch_state` and
+:meth:`~functorch_optim.optim.Optimizer.from_torch_state`, whose defaults
 (:func:`torch_leaf_state`, :func:`loaded_leaf_state`) are one leaf's state under
-torch's names.
+torch's names. Its hooks run around these (:mod:`.hooks`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import Counter
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .. import interop
+from .. import interop, torch_format
 from ..rule import Algorithm, Options
 from ..runner import STEP, init_leaf
 from ..sharding import place_like
-from .group import new_state, options_key
-from .inputs import check_not_traced, is_array, typename
+from .group import Group, new_state, options_key
+from .inputs import check_not_traced
 
-if TYPE_CHECKING:
-    from .optimizer import Optimizer
+# One param's internal state as torch keeps it (:meth:`Optimizer.to_torch_state`).
+ToTorch = Callable[[Any], dict]
+# The internal state of param ``param`` (id ``pid``) with options ``options`` from
+# its saved torch-format state (:meth:`Optimizer.from_torch_state`).
+FromTorch = Callable[[Any, jax.Array, Options, Any], Any]
 
 
 class StateView(dict):
@@ -51,155 +54,99 @@ class StateView(dict):
 
 
 def torch_leaf_state(algorithm: Algorithm, state: dict | None) -> dict:
-    """One leaf's state as torch keeps it: its names, 'step' as float32."""
+    """One leaf's state as torch keeps it: its names, 'step' as torch keeps it."""
     if state is None:
         return {}
-    out: dict[str, Any] = {}
-    for name in algorithm.state_names:
-        if name == STEP and algorithm.step_is_tensor:
-            out[STEP] = jnp.asarray(state[STEP], jnp.float32)
-        elif name == STEP:
-            out[STEP] = int(state[STEP])
-        elif state.get(name) is not None:
-            out[name] = state[name]
-    return out
+    return torch_format.torch_entries(algorithm, state.get(STEP), state)
 
 
-def _torch_states(opt: Optimizer) -> list[list[dict]]:
-    """Each group's per-leaf states in torch's format, copied ({}: no state)."""
-    return [
-        [opt.to_torch_state(state) for state in group.snapshot()]
-        for group in opt._groups
-    ]
+def state(groups: Sequence[Group], to_torch: ToTorch) -> StateView:
+    """:attr:`Optimizer.state` of an optimizer with ``groups``: the state of
+    :func:`state_dict`, which its params also key."""
+    leaves = [p for group in groups for p in group.params]
+    return StateView(state_dict(groups, to_torch)["state"], leaves)
 
 
-def state(opt: Optimizer) -> StateView:
-    """:attr:`Optimizer.state`."""
-    items: dict[int, dict] = {}
-    leaves: list[Any] = []
-    for group, states in zip(opt._groups, _torch_states(opt), strict=True):
-        for i, view in enumerate(states):
-            if view:
-                items[len(leaves) + i] = view
-        leaves.extend(group.params)
-    return StateView(items, leaves)
-
-
-def state_dict(opt: Optimizer) -> dict[str, Any]:
-    """:meth:`Optimizer.state_dict`."""
-    for pre_hook in tuple(opt._optimizer_state_dict_pre_hooks.values()):
-        pre_hook(opt)
-    groups, state, start = [], {}, 0
-    for group, states in zip(opt._groups, _torch_states(opt), strict=True):
-        packed = {k: v for k, v in group.param_group.items() if k != "params"}
-        packed["params"] = list(range(start, start + len(group.params)))
-        groups.append(packed)
-        for i, view in enumerate(states):
-            if view:
-                state[start + i] = view
-        start += len(group.params)
-    result = {"state": state, "param_groups": groups}
-    for post_hook in tuple(opt._optimizer_state_dict_post_hooks.values()):
-        returned = post_hook(opt, result)
-        if returned is not None:
-            result = returned
-    return result
-
-
-def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
-    """:meth:`Optimizer.load_state_dict`."""
-    _check_is_dict(state_dict)
-    state_dict = dict(state_dict)
-    for pre_hook in tuple(opt._optimizer_load_state_dict_pre_hooks.values()):
-        result = pre_hook(opt, state_dict)
-        if result is not None:
-            state_dict = result
-    saved_groups, saved_state = _checked_layout(state_dict)
-    groups = opt._groups
-    if len(groups) != len(saved_groups):
-        raise ValueError("loaded state dict has a different number of parameter groups")
-    if any(len(g.params) != len(s["params"]) for g, s in zip(groups, saved_groups)):
-        raise ValueError(
-            "loaded state dict contains a parameter group that doesn't match the "
-            "size of optimizer's group"
+def state_dict(groups: Sequence[Group], to_torch: ToTorch) -> dict[str, Any]:
+    """:meth:`Optimizer.state_dict` of an optimizer with ``groups`` (its hooks
+    run around this): each group's options, its params' states copied (a param
+    whose ``to_torch`` state is empty has none)."""
+    return torch_format.state_dict(
+        (
+            {k: v for k, v in group.param_group.items() if k != "params"},
+            [to_torch(state) or None for state in group.snapshot()],
         )
+        for group in groups
+    )
+
+
+def load_state_dict(
+    groups: Sequence[Group],
+    state_dict: Mapping[str, Any],
+    *,
+    algorithm: Algorithm,
+    defaults: Mapping[str, Any],
+    validate: Callable[[Mapping[str, Any]], None],
+    from_torch: FromTorch,
+    kind: str,
+) -> None:
+    """:meth:`Optimizer.load_state_dict` into ``groups`` (its hooks run around
+    this): everything is checked and converted before any group changes.
+
+    Args:
+      algorithm: the optimizer's algorithm (torch's defaults judge the options).
+      defaults: the optimizer's constructor options, the names every group has.
+      validate: the optimizer's checks on a group's options.
+      from_torch: :meth:`Optimizer.from_torch_state`.
+      kind: the optimizer's class name, for the message of a group missing options.
+    """
+    saved_groups, saved_state = torch_format.read(state_dict)
+    torch_format.check_sizes([len(group.params) for group in groups], saved_groups)
     saved_groups = [
-        _matched_by_name(group.structure.names, g, saved)
+        torch_format.matched_by_name(group.structure.names, g, saved)
         for g, (group, saved) in enumerate(zip(groups, saved_groups))
     ]
-    new_groups = [
-        _loaded_group(opt, g, group.param_group, saved)
-        for g, (group, saved) in enumerate(zip(groups, saved_groups))
-    ]
-    saved_state = _with_int_ids(saved_groups, saved_state)
-    known = {pid for saved in saved_groups for pid in saved["params"]}
-    for pid in saved_state:
-        if pid not in known:
-            raise ValueError(
-                f"loaded state dict has state for parameter id {pid!r}, which no "
-                "parameter group lists"
-            )
+    new_groups = []
+    for g, (group, saved) in enumerate(zip(groups, saved_groups)):
+        new = _loaded_group(g, group.param_group, saved, defaults, kind)
+        torch_format.check_option_kinds(g, new, algorithm.defaults)
+        validate(new)
+        new_groups.append(new)
+    torch_format.check_listed(saved_groups, saved_state)
     new_states = []
     for new_group, saved in zip(new_groups, saved_groups):
-        options = Options({name: new_group[name] for name in opt.defaults})
+        options = Options({name: new_group[name] for name in defaults})
         new_states.append(
             [
-                opt.from_torch_state(pid, p, options, saved_state.get(pid))
+                from_torch(pid, p, options, saved_state.get(pid))
                 for pid, p in zip(saved["params"], new_group["params"])
             ]
         )
     for group, new_group, states in zip(groups, new_groups, new_states, strict=True):
         group.load(new_group, states)
-    for post_hook in tuple(opt._optimizer_load_state_dict_post_hooks.values()):
-        post_hook(opt)
 
 
-def _matched_by_name(ours: list[str] | None, g: int, saved: Mapping) -> Mapping:
-    """Saved group ``g`` with its ids in the order of this group's params (named
-    ``ours``), by name, when both have ``param_names``: the same names in another
-    order are matched; other names are an error naming both (torch loads by
-    position and would give one param another's state)."""
-    theirs = saved.get("param_names")
-    if ours is None or theirs is None or list(theirs) == ours:
-        return saved
-    theirs = list(theirs)
-    if sorted(theirs) != sorted(ours) or len(set(ours)) != len(ours):
-        raise ValueError(
-            f"loaded state dict's parameter group {g} has param_names {theirs}, "
-            f"the optimizer's group {g} has {ours}: the state belongs to other "
-            "parameters"
-        )
-    ids = dict(zip(theirs, saved["params"], strict=True))
-    return {**saved, "param_names": ours, "params": [ids[n] for n in ours]}
-
-
-def _loaded_group(opt: Optimizer, g: int, group: dict, saved: Mapping) -> dict:
+def _loaded_group(
+    g: int, group: dict, saved: Mapping, defaults: Mapping[str, Any], kind: str
+) -> dict:
+    """Saved group ``g`` as the group dict that replaces ``group``: its options
+    (torch tensors as arrays), ``group``'s params (and names)."""
     new = {k: interop.to_jax(v) for k, v in saved.items() if k != "params"}
     new["params"] = group["params"]
     if "param_names" in group and "param_names" not in new:
         new["param_names"] = group["param_names"]
     # Flags added to torch after a state dict was saved default as in torch's
     # __setstate__; a missing numeric hyperparameter is another optimizer's group.
-    missing = [k for k in opt.defaults if k not in new]
-    for name in missing:
-        default = opt.defaults[name]
+    for name in [k for k in defaults if k not in new]:
+        default = defaults[name]
         if isinstance(default, bool) or default is None:
             new[name] = default
-    missing = [k for k in opt.defaults if k not in new]
+    missing = [k for k in defaults if k not in new]
     if missing:
         raise ValueError(
             f"loaded state dict's parameter group {g} has no {missing}: it is not "
-            f"a {type(opt).__name__} state dict"
+            f"a {kind} state dict"
         )
-    for name, default in opt.algorithm.defaults.items():
-        expected = _option_kind(default)
-        if expected is not None and not _is_option_kind(new[name], default):
-            raise ValueError(
-                f"loaded state dict's parameter group {g} has {name}="
-                f"{new[name]!r}, which is not {expected} (torch's default is "
-                f"{default!r})"
-            )
-    opt._validate_options(new)
     return new
 
 
@@ -207,39 +154,32 @@ def loaded_leaf_state(
     algorithm: Algorithm, pid: Any, param: jax.Array, options: Options, saved: Any
 ) -> dict | None:
     """The internal state of one leaf from its saved torch-format state."""
+    named = torch_format.Named(f"parameter {pid}")
+    saved = torch_format.saved_entries(algorithm, named, saved)
     if saved is None:
         return None
-    if not isinstance(saved, Mapping):
-        raise ValueError(
-            f"loaded state of parameter {pid} must be a dict, got " + typename(saved)
-        )
-    if len(saved) == 0:
-        return None
     names = algorithm.state_names
-    unknown = [k for k in saved if k not in names]
-    if unknown:
-        raise ValueError(
-            f"loaded state of parameter {pid} has {unknown}, which "
-            f"{algorithm.name} does not keep (its state: {list(names)})"
-        )
     template = _template(algorithm, param, options)
     state: dict[str, Any] = {}
     fresh = None
     for name in dict.fromkeys([*template, *names]):
         expected = template.get(name)
-        if name == STEP and STEP in saved:
-            state[STEP] = _loaded_step(pid, saved[STEP])
-        elif name == STEP and STEP not in names:
-            # torch keeps no count here; the state exists, so it is not step 1.
-            state[STEP] = jnp.ones((), jnp.int32)
+        if name == STEP:
+            if STEP in saved:
+                check_not_traced(saved[STEP], named.entry(STEP))
+            count = torch_format.saved_count(algorithm, named, saved)
+            state[STEP] = jax.device_put(np.int32(count))
         elif name in saved:
+            check_not_traced(saved[name], named.entry(name))
             shape = param.shape if expected is None else expected.shape
             dtype = param.dtype if expected is None else expected.dtype
-            state[name] = _loaded_array(pid, name, saved[name], shape, dtype)
+            state[name] = torch_format.loaded_array(
+                named.entry(name), saved[name], shape, dtype
+            )
         elif expected is None:
             state[name] = None
         elif name in names:
-            _missing(pid, name, names)
+            torch_format.missing(named, name, names)
         else:  # internal entry torch does not keep: as at initialization
             fresh = fresh or new_state(algorithm, param, options)
             state[name] = fresh[name]
@@ -265,181 +205,3 @@ def _cached_template(
         lambda p: init_leaf(algorithm, p, Options({k: v for k, _, v in options})),
         jax.ShapeDtypeStruct(shape, dtype),
     )
-
-
-def _check_is_dict(state_dict: Any) -> None:
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            f"state_dict must be a dict with 'state' and 'param_groups', got "
-            f"{typename(state_dict)}"
-        )
-
-
-def _checked_layout(state_dict: Mapping) -> tuple[list, Mapping]:
-    """The state dict's groups and state, after checking torch's layout: a list of
-    group dicts with lists of parameter ids (each id once), and a dict of states."""
-    _check_is_dict(state_dict)
-    missing = [k for k in ("state", "param_groups") if k not in state_dict]
-    if missing:
-        raise ValueError(
-            f"loaded state dict has no {missing} (its keys: {list(state_dict)})"
-        )
-    groups, state = state_dict["param_groups"], state_dict["state"]
-    if not isinstance(groups, (list, tuple)):
-        raise ValueError(
-            "loaded state dict's 'param_groups' must be a list of dicts, got "
-            + typename(groups)
-        )
-    for g, group in enumerate(groups):
-        if not isinstance(group, Mapping) or not isinstance(
-            group.get("params"), (list, tuple)
-        ):
-            raise ValueError(
-                f"loaded state dict's parameter group {g} must be a dict with a "
-                f"'params' list of parameter ids, got {typename(group)}"
-                + (
-                    f" with params={group.get('params')!r}"
-                    if isinstance(group, Mapping)
-                    else ""
-                )
-            )
-    if not isinstance(state, Mapping):
-        raise ValueError(
-            "loaded state dict's 'state' must be a dict from parameter id to state, "
-            "got " + typename(state)
-        )
-    try:
-        counts = Counter(pid for group in groups for pid in group["params"])
-    except TypeError as e:
-        raise ValueError(
-            f"loaded state dict has an unhashable parameter id: {e}"
-        ) from None
-    repeated = [pid for pid, n in counts.items() if n > 1]
-    if repeated:
-        raise ValueError(
-            f"loaded state dict lists parameter ids {repeated} more than once"
-        )
-    return list(groups), state
-
-
-def _option_kind(default: Any) -> str | None:
-    """What a loaded hyperparameter must be, judged by torch's default for it
-    (None: anything that validation accepts)."""
-    if isinstance(default, bool):
-        return "a bool"
-    if isinstance(default, (int, float)):
-        return "a real number"
-    if isinstance(default, tuple):
-        return f"a sequence of {len(default)}"
-    if isinstance(default, str):
-        return "a string"
-    return None
-
-
-def _is_real_number(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return (
-        dtype is not None
-        and getattr(value, "size", 0) == 1
-        and jnp.issubdtype(dtype, jnp.number)
-        and not jnp.issubdtype(dtype, jnp.complexfloating)
-    )
-
-
-def _is_option_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, (bool, np.bool_))
-    if isinstance(default, (int, float)):
-        return _is_real_number(value)
-    if isinstance(default, tuple):
-        return (
-            isinstance(value, (tuple, list))
-            and len(value) == len(default)
-            and all(_is_option_kind(v, d) for v, d in zip(value, default))
-        )
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return True
-
-
-def _missing(pid: Any, name: str, names: tuple) -> None:
-    raise ValueError(
-        f"loaded state of parameter {pid} has no {name!r} (expected {list(names)})"
-    )
-
-
-def _with_int_ids(groups: list, state: Mapping) -> Mapping:
-    """``state`` keyed by the groups' integer ids where it has them as strings
-    (orbax's own checkpointer and JSON turn integer dict keys into strings)."""
-    known = {pid for group in groups for pid in group["params"]}
-    as_text = {str(pid): pid for pid in known if isinstance(pid, int)}
-    out = dict(state)
-    for key in state:
-        pid = as_text.get(key) if isinstance(key, str) and key not in known else None
-        if pid is not None and pid not in out:
-            out[pid] = out.pop(key)
-    return out
-
-
-def _dtype_kind(dtype: Any) -> str:
-    for kind in (jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating):
-        if jnp.issubdtype(dtype, kind):
-            return kind.__name__
-    return jnp.dtype(dtype).name
-
-
-def _loaded_array(pid: Any, name: str, value: Any, shape, dtype) -> jax.Array:
-    """A saved state entry as a fresh array of ``dtype`` (torch's cast, between
-    floating dtypes), checked: an entry of another kind (integer, complex for a
-    real state) is an error, where a cast would change the trajectory silently."""
-    where = f"loaded state {name!r} of parameter {pid}"
-    check_not_traced(value, where)
-    if not is_array(value) and not isinstance(value, (int, float, complex, np.number)):
-        raise ValueError(f"{where} must be an array, got {typename(value)}")
-    # A JAX array stays where it lives: it may be sharded over other processes.
-    array: jax.Array | np.ndarray
-    if isinstance(value, jax.Array):
-        array = value
-    else:
-        array = np.asarray(interop.to_numpy(value))
-    if not jnp.issubdtype(array.dtype, jnp.number):
-        raise ValueError(f"{where} has dtype {array.dtype}, not a number")
-    if _dtype_kind(array.dtype) != _dtype_kind(dtype):
-        raise ValueError(
-            f"{where} has dtype {array.dtype}, the state is {jnp.dtype(dtype).name}: "
-            f"a {_dtype_kind(array.dtype)} entry for a {_dtype_kind(dtype)} state "
-            "is not cast"
-        )
-    if tuple(array.shape) != tuple(shape):
-        raise ValueError(f"{where} has shape {array.shape}, expected {tuple(shape)}")
-    if isinstance(array, np.ndarray):
-        # copied on the host (the transfer may run after the caller changed
-        # ``value``, a torch tensor updated in place) and put on the device, where
-        # jnp.array compiled a copy per shape
-        return jax.device_put(np.array(array, dtype=dtype))
-    if array.dtype == dtype:
-        return jax.device_put(array, array.sharding, may_alias=False)
-    return array.astype(dtype)
-
-
-def _loaded_step(pid: Any, value: Any) -> jax.Array:
-    """torch keeps 'step' as a float tensor; the facade counts in int32."""
-    where = f"loaded state 'step' of parameter {pid}"
-    check_not_traced(value, where)
-    if not is_array(value) and not isinstance(value, (int, float, np.number)):
-        raise ValueError(f"{where} must be a number, got {typename(value)}")
-    array = np.asarray(interop.to_numpy(value))
-    if (
-        array.size != 1
-        or not jnp.issubdtype(array.dtype, jnp.number)
-        or (jnp.iscomplexobj(array))
-    ):
-        raise ValueError(f"{where} must be one real number, got {array!r}")
-    count = float(array.reshape(()))
-    if not (np.isfinite(count) and count >= 0 and count == int(count) < 2**31):
-        raise ValueError(f"{where} must be a count (a whole number >= 0), got {count}")
-    return jax.device_put(np.int32(count))

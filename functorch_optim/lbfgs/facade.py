@@ -2,7 +2,7 @@
 
 The facade's base keeps the param group, its options and the state dict format; this
 class implements the base's extension points for an optimizer whose step updates all
-params together (``per_leaf = False``): one global step (:mod:`.compiled_step`) over
+params together (``per_leaf = False``): one global step (:mod:`.facade_step`) over
 the params as the closure sees them (``closure_params``), one state for all params
 (``global_state``, held on the first, as torch does) and torch's layout of it
 (``to_torch_state`` / ``from_torch_state``).
@@ -17,9 +17,9 @@ from typing import Any
 from .. import interop
 from ..optim import Optimizer
 from ..rule import Algorithm, Array
-from .compiled_step import compiled_step
+from .facade_step import compiled_step
 from .iteration import flat_struct, init_state
-from .torch_layout import TORCH_STATE, from_torch_layout, to_torch_layout
+from .torch_layout import from_torch_layout, to_torch_layout
 from .transform import (
     check_line_search,
     lbfgs,
@@ -37,14 +37,14 @@ def _global_rule(*args):
 
 
 # What the facade's base reads of an algorithm (name, defaults from the signature,
-# validation, state names); L-BFGS's step is global, so the per-leaf rules refuse.
+# validation); L-BFGS's step is global, so the per-leaf rules refuse, and its state
+# is torch's layout on the first param (TORCH_STATE), without a state type.
 ALGORITHM = Algorithm(
     name="LBFGS",
     functional=lbfgs,
     init=_global_rule,
     step=_global_rule,
     validate=validate,
-    state_names=TORCH_STATE,
     complex_as_real=True,
     reads_params=lambda options: True,
 )
@@ -108,7 +108,7 @@ class LBFGS(Optimizer):
                 "LBFGS doesn't support per-parameter options (parameter groups)"
             )
         # the compiled steps this optimizer has run, by key (shared with other
-        # optimizers: see compiled_step)
+        # optimizers: see facade_step)
         self._compiled: OrderedDict[Any, Callable] = OrderedDict()
 
     def step(self, closure):
