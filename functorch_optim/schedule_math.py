@@ -39,9 +39,45 @@ from .doubled import Doubled
 # --- arithmetic shared by the Python (stateful) and jnp (functional) forms ----------
 
 
-class _PythonOps:
+class _TorchFormulas:
+    """torch's formulas over the arithmetic of a subclass (its ``cos`` and
+    ``floor``): Python floats for the schedulers, JAX scalars for the schedules."""
+
+    cos: Callable[[Any], Any]
+    floor: Callable[[Any], Any]
+
+    @staticmethod
+    def when(condition, value):
+        """``condition * value``: ``value`` where the condition holds, else 0."""
+        return condition * value
+
+    @classmethod
+    def one_plus_cos_pi(cls, numerator, denominator, divide_first: bool):
+        """``1 + cos(pi n / d)``, rounded as torch writes it: ``pi * (n / d)``
+        where it divides first (OneCycleLR's ``pct``), else ``pi * n / d``."""
+        angle = (
+            math.pi * (numerator / denominator)
+            if divide_first
+            else math.pi * numerator / denominator
+        )
+        return 1 + cls.cos(angle)
+
+    @classmethod
+    def cycle(cls, t, total_size):
+        """CyclicLR's 1-based cycle of ``t`` and the fraction of it run."""
+        cycle = cls.floor(1 + t / total_size)
+        return cycle, 1.0 + t / total_size - cycle
+
+    @classmethod
+    def anneal(cls, strategy, start, end, elapsed, length):
+        """OneCycleLR's anneal (:func:`anneal`), as torch writes it."""
+        return _torch_anneal(cls, strategy, start, end, elapsed, length)
+
+
+class _PythonOps(_TorchFormulas):
     """Python-float arithmetic, torch's own for its schedulers."""
 
+    cos = staticmethod(math.cos)
     floor = staticmethod(math.floor)
     minimum = staticmethod(min)
     maximum = staticmethod(max)
@@ -68,37 +104,11 @@ class _PythonOps:
                 return value()
         return branches[-1][1]()
 
-    @staticmethod
-    def when(condition, value):
-        """``condition * value``: ``value`` where the condition holds, else 0."""
-        return condition * value
 
-    @staticmethod
-    def one_plus_cos_pi(numerator, denominator, divide_first: bool):
-        """``1 + cos(pi n / d)``, rounded as torch writes it: ``pi * (n / d)``
-        where it divides first (OneCycleLR's ``pct``), else ``pi * n / d``."""
-        angle = (
-            math.pi * (numerator / denominator)
-            if divide_first
-            else math.pi * numerator / denominator
-        )
-        return 1 + math.cos(angle)
-
-    @staticmethod
-    def cycle(t, total_size):
-        """CyclicLR's 1-based cycle of ``t`` and the fraction of it run."""
-        cycle = math.floor(1 + t / total_size)
-        return cycle, 1.0 + t / total_size - cycle
-
-    @classmethod
-    def anneal(cls, strategy, start, end, elapsed, length):
-        """OneCycleLR's anneal (:func:`anneal`), as torch writes it."""
-        return _torch_anneal(cls, strategy, start, end, elapsed, length)
-
-
-class _JaxOps:
+class _JaxOps(_TorchFormulas):
     """The same operations on (possibly traced) JAX scalars."""
 
+    cos = staticmethod(jnp.cos)
     floor = staticmethod(jnp.floor)
     minimum = staticmethod(jnp.minimum)
     where = staticmethod(jnp.where)
@@ -131,28 +141,6 @@ class _JaxOps:
                 lambda a, b, c=condition: jnp.where(c, a, b), value(), result
             )
         return result
-
-    @staticmethod
-    def when(condition, value):
-        return condition * value
-
-    @staticmethod
-    def one_plus_cos_pi(numerator, denominator, divide_first: bool):
-        angle = (
-            math.pi * (numerator / denominator)
-            if divide_first
-            else math.pi * numerator / denominator
-        )
-        return 1 + jnp.cos(angle)
-
-    @staticmethod
-    def cycle(t, total_size):
-        cycle = jnp.floor(1 + t / total_size)
-        return cycle, 1.0 + t / total_size - cycle
-
-    @classmethod
-    def anneal(cls, strategy, start, end, elapsed, length):
-        return _torch_anneal(cls, strategy, start, end, elapsed, length)
 
 
 def _torch_anneal(ops, strategy, start, end, elapsed, length):
