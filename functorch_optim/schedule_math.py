@@ -165,23 +165,22 @@ def _integral(x) -> bool:
     return float(x).is_integer() and abs(x) < 2**31
 
 
-class PairCount(Doubled):
-    """A step count (int32, ``>= 0``) as an exact :class:`~doubled.Doubled`,
-    that keeps its integer form where torch's arithmetic on the count stays in
-    integers: ``//``, ``%``, ``+`` and ``-`` with ints, ``min``, comparisons with
-    integral numbers, and powers of it (``gamma ** t``: a table lookup per 7
-    bits, :func:`~functorch_optim.doubled.powers`); other arithmetic is the
-    pair's. Its pair is made only when an operation needs it."""
+class _LazyPair(Doubled):
+    """A :class:`~doubled.Doubled` whose pair is made (by :meth:`_make_pair`) only
+    when an operation needs it, for a number that stays exact in another form
+    where torch's arithmetic allows."""
 
-    __slots__ = ("count", "_pair")
+    __slots__ = ("_pair",)
 
-    def __init__(self, count) -> None:
-        self.count = jnp.asarray(count, jnp.int32)
+    def __init__(self) -> None:
         self._pair: Doubled | None = None
+
+    def _make_pair(self) -> Doubled:
+        raise NotImplementedError
 
     def _exact(self) -> Doubled:
         if self._pair is None:
-            self._pair = doubled.of(self.count)
+            self._pair = self._make_pair()
         return self._pair
 
     @property  # type: ignore[override]
@@ -191,6 +190,24 @@ class PairCount(Doubled):
     @property  # type: ignore[override]
     def lo(self):
         return self._exact().lo
+
+
+class PairCount(_LazyPair):
+    """A step count (int32, ``>= 0``) as an exact :class:`~doubled.Doubled`,
+    that keeps its integer form where torch's arithmetic on the count stays in
+    integers: ``//``, ``%``, ``+`` and ``-`` with ints, ``min``, comparisons with
+    integral numbers, and powers of it (``gamma ** t``: a table lookup per 7
+    bits, :func:`~functorch_optim.doubled.powers`); other arithmetic is the
+    pair's. Its pair is made only when an operation needs it."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count) -> None:
+        super().__init__()
+        self.count = jnp.asarray(count, jnp.int32)
+
+    def _make_pair(self) -> Doubled:
+        return doubled.of(self.count)
 
     def __repr__(self) -> str:
         return f"PairCount({self.count!r})"
@@ -275,32 +292,21 @@ def _count_power(base: float, count) -> Doubled:
     return power
 
 
-class _Ratio(Doubled):
+class _Ratio(_LazyPair):
     """``n / d`` for an int32 ``n`` and a Python int ``d``, whose difference with an
     int is one too (``x - 1`` of CyclicLR's fraction, exact where ``x`` near 1
     as a pair would cancel to ``2**-48`` of 1); its pair ``n`` times ``1 / d``."""
 
-    __slots__ = ("numerator", "denominator", "_pair")
+    __slots__ = ("numerator", "denominator")
 
     def __init__(self, numerator, denominator: int) -> None:
+        super().__init__()
         self.numerator = numerator
         self.denominator = denominator
-        self._pair: Doubled | None = None
 
-    def _exact(self) -> Doubled:
-        if self._pair is None:
-            self._pair = doubled.of(self.numerator) * doubled.of(
-                decimal.Decimal(1) / decimal.Decimal(self.denominator)
-            )
-        return self._pair
-
-    @property  # type: ignore[override]
-    def hi(self):
-        return self._exact().hi
-
-    @property  # type: ignore[override]
-    def lo(self):
-        return self._exact().lo
+    def _make_pair(self) -> Doubled:
+        reciprocal = decimal.Decimal(1) / decimal.Decimal(self.denominator)
+        return doubled.of(self.numerator) * doubled.of(reciprocal)
 
     def __sub__(self, other):
         if isinstance(other, int) and not isinstance(other, bool):
