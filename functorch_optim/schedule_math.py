@@ -105,6 +105,16 @@ class _PythonOps(_TorchFormulas):
         return branches[-1][1]()
 
 
+def _every_branch(ops, branches):
+    """``first`` on traced values: every branch is computed and the first whose
+    condition holds selected by ``ops.where`` (a branch torch would not reach may
+    divide by zero, which only yields an unused inf/nan here)."""
+    result = branches[-1][1]()
+    for condition, value in reversed(branches[:-1]):
+        result = _select(lambda a, b, c=condition: ops.where(c, a, b), value(), result)
+    return result
+
+
 class _JaxOps(_TorchFormulas):
     """The same operations on (possibly traced) JAX scalars."""
 
@@ -131,16 +141,7 @@ class _JaxOps(_TorchFormulas):
     def count_reached(sorted_points: Sequence[int], t):
         return sum((t >= p).astype(t.dtype) for p in sorted_points) + jnp.zeros_like(t)
 
-    @staticmethod
-    def first(branches):
-        # Every branch is computed; a branch torch would not reach may divide by
-        # zero, which only yields an unused inf/nan here.
-        result = branches[-1][1]()
-        for condition, value in reversed(branches[:-1]):
-            result = _select(
-                lambda a, b, c=condition: jnp.where(c, a, b), value(), result
-            )
-        return result
+    first = classmethod(_every_branch)
 
 
 def _torch_anneal(ops, strategy, start, end, elapsed, length):
@@ -386,14 +387,7 @@ class _PairOps:
     def count_reached(sorted_points: Sequence[int], t: PairCount) -> PairCount:
         return PairCount(sum((t.count >= p).astype(jnp.int32) for p in sorted_points))
 
-    @staticmethod
-    def first(branches):
-        result = branches[-1][1]()
-        for condition, value in reversed(branches[:-1]):
-            result = _select(
-                lambda a, b, c=condition: doubled.where(c, a, b), value(), result
-            )
-        return result
+    first = classmethod(_every_branch)
 
     @staticmethod
     def one_plus_cos_pi(numerator, denominator, divide_first: bool):
