@@ -96,7 +96,8 @@ def torch_entries(algorithm: Algorithm, count: Any, values: Mapping[str, Any]) -
 
 def state_dict(groups: Iterable[tuple[Mapping[str, Any], Sequence[Any]]]) -> dict:
     """torch's state dict of ``groups``: each ``(options, states)``, ``states``
-    one per param of the group, None for a param torch keeps no state for.
+    one per param of the group, None or empty for a param torch keeps no state
+    for (SGD without momentum keeps none: torch's dict has no entry for it).
 
     The params are numbered across the groups in order; each group is its options
     with ``params`` (its ids) set: in the options' place where they have the key,
@@ -109,7 +110,7 @@ def state_dict(groups: Iterable[tuple[Mapping[str, Any], Sequence[Any]]]) -> dic
         ids = list(range(next_id, next_id + len(states)))
         next_id += len(states)
         for pid, entries in zip(ids, states, strict=True):
-            if entries is not None:
+            if entries:
                 state[pid] = entries
         param_groups.append({**options, "params": ids})
     return {"state": state, "param_groups": param_groups}

@@ -74,7 +74,7 @@ def state_dict(groups: Sequence[Group], to_torch: ToTorch) -> dict[str, Any]:
     return torch_format.state_dict(
         (
             {k: v for k, v in group.param_group.items() if k != "params"},
-            [to_torch(state) or None for state in group.snapshot()],
+            [to_torch(state) for state in group.snapshot()],
         )
         for group in groups
     )
