@@ -172,6 +172,16 @@ def _decimal_pair(value: decimal.Decimal) -> tuple[np.float32, np.float32]:
     return hi, np.float32(float(_CONTEXT.subtract(value, decimal.Decimal(float(hi)))))
 
 
+def _pair_columns(values) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs nearest ``values`` (decimals), as a float32 column of their
+    ``hi`` and one of their ``lo``: a table a traced index reads."""
+    pairs = [_decimal_pair(value) for value in values]
+    return (
+        np.array([p[0] for p in pairs], np.float32),
+        np.array([p[1] for p in pairs], np.float32),
+    )
+
+
 def _single(x: Any):
     """``x`` as one float32 where it is one exactly (a float32 array, a Python
     number float32 represents), for the cheaper operations with such an operand;
@@ -548,11 +558,7 @@ def lookup(values: Sequence[Any], index) -> Doubled:
     """``values[index]`` for Python numbers (or exact decimals) ``values`` and a
     traced integer ``index``: the pairs nearest them, in a table computed at trace
     time (opaque to XLA's simplifier, as every constant of pair arithmetic)."""
-    pairs = [_decimal_pair(decimal.Decimal(v)) for v in values]
-    table_hi, table_lo = _opaque(
-        np.array([p[0] for p in pairs], np.float32),
-        np.array([p[1] for p in pairs], np.float32),
-    )
+    table_hi, table_lo = _opaque(*_pair_columns(decimal.Decimal(v) for v in values))
     return Doubled(table_hi[index], table_lo[index])
 
 
@@ -619,18 +625,15 @@ def _exp_constants() -> tuple[np.ndarray, ...]:
     """The table of ``2**(j / 128)`` (pairs), and ``log(2) / 128`` in three parts:
     9 significant bits (a product with ``|k| < 2**15`` is exact), 24, and the
     rest, under ``2**-33`` of it."""
-    pairs = [
-        _decimal_pair(_CONTEXT.power(2, _CONTEXT.divide(j, _EXP_STEPS)))
-        for j in range(_EXP_STEPS)
-    ]
     step = _CONTEXT.divide(_LN2, _EXP_STEPS)
     exponent = math.frexp(float(step))[1]
     first = math.ldexp(round(math.ldexp(float(step), 9 - exponent)), exponent - 9)
     second = np.float32(float(step - decimal.Decimal(first)))
     third = step - decimal.Decimal(first) - decimal.Decimal(float(second))
     return (
-        np.array([p[0] for p in pairs]),
-        np.array([p[1] for p in pairs]),
+        *_pair_columns(
+            _CONTEXT.power(2, _CONTEXT.divide(j, _EXP_STEPS)) for j in range(_EXP_STEPS)
+        ),
         np.array([first, second, float(third)], np.float32),
     )
 
@@ -709,11 +712,8 @@ def _sine_constants() -> tuple[np.ndarray, ...]:
     for n in range(1, 8):
         factorial *= (2 * n) * (2 * n + 1)
         coefficients.append(_CONTEXT.divide((-1) ** n, factorial))
-    pairs = [_decimal_pair(c) for c in coefficients[:4]]
-    pairs.append(_decimal_pair(_CONTEXT.divide(_PI, 2)))
     return (
-        np.array([p[0] for p in pairs]),
-        np.array([p[1] for p in pairs]),
+        *_pair_columns([*coefficients[:4], _CONTEXT.divide(_PI, 2)]),
         np.array([float(c) for c in coefficients[4:]], np.float32),
     )
 
