@@ -280,7 +280,7 @@ def per_epoch(schedule: CountFunction, steps_per_epoch: int) -> Schedule:
         raise ValueError(
             f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}"
         )
-    base = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    base = _as_schedule(schedule)
     pair_fn = base.pair_fn
     return dataclasses.replace(
         base,
@@ -556,9 +556,13 @@ def _closed_form(
 
 def _pair_value(schedule: CountFunction, count) -> Doubled:
     """A (child) schedule's value as a pair: a function's float32 exactly."""
-    if isinstance(schedule, Schedule):
-        return schedule._pair(count)
-    return doubled.of(jnp.asarray(schedule(count), jnp.float32))
+    return _as_schedule(schedule)._pair(count)
+
+
+def _as_schedule(schedule: CountFunction) -> Schedule:
+    """``schedule``, a plain function of the count wrapped as a :class:`Schedule`
+    (no torch class, its value the function's)."""
+    return schedule if isinstance(schedule, Schedule) else Schedule(schedule)
 
 
 def lambda_lr(lr, lr_lambda: CountFunction) -> Schedule:
